@@ -1,0 +1,172 @@
+"""Finding images: a deterministic, loop-safe walk that stats each entry once.
+
+Discovery yields one :class:`Listing` per folder: its images with size and mtime, and the
+size and mtime of the JSON files beside them (the sidecars), so that deciding whether an image
+is up to date needs no further system call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .images import is_image_name
+
+log = logging.getLogger(__name__)
+
+Stat = tuple[int, int]
+"""(size in bytes, mtime in nanoseconds)"""
+
+
+@dataclass(slots=True)
+class Listing:
+    root: Path
+    rel_dir: str
+    """Folder relative to the root, ``""`` for the root itself, ``/`` separators."""
+    path: Path
+    images: list[tuple[str, Stat]] = field(default_factory=list)
+    """(file name, stat) of each image, sorted by name."""
+    json_files: dict[str, Stat] = field(default_factory=dict)
+    """Stats of the ``.json`` files in the folder, by name."""
+
+    def rel(self, name: str) -> str:
+        return f"{self.rel_dir}/{name}" if self.rel_dir else name
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a glob (``*``, ``?``, ``[..]``, ``**``) to a regex over ``/``-separated paths."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE if os.name == "nt" else 0)
+
+
+def glob_match(rel_path: str, pattern: str) -> bool:
+    """Match like .gitignore: a pattern without ``/`` matches the name at any depth."""
+    pattern = pattern.strip("/") if pattern.endswith("/") else pattern
+    if "/" not in pattern:
+        return bool(_glob_regex(pattern).match(rel_path.rsplit("/", 1)[-1]))
+    return bool(_glob_regex(pattern).match(rel_path))
+
+
+def _dir_excluded(rel_dir: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        if glob_match(rel_dir, pattern):
+            return True
+        if pattern.endswith("/**") and glob_match(rel_dir, pattern[:-3]):
+            return True
+    return False
+
+
+@dataclass
+class _Walker:
+    root: Path
+    include: Sequence[str]
+    exclude: Sequence[str]
+    skip: set[str]
+    follow_symlinks: bool
+    visited: set[tuple[int, int]] = field(default_factory=set)
+
+    def listing(self, rel_dir: str, path: Path) -> tuple[Listing, list[tuple[str, Path]]] | None:
+        """List one folder; ``None`` when it cannot be read or was seen already (a loop)."""
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in self.visited:
+                log.warning("skipping %r: symlink loop or folder already visited", str(path))
+                return None
+            self.visited.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot read folder %r: %s", str(path), exc.strerror)
+            return None
+        listing = Listing(self.root, rel_dir, path)
+        subdirs: list[tuple[str, Path]] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                self._entry(listing, entry, subdirs)
+            except FileNotFoundError:
+                continue  # vanished (or a dangling symlink) between listing and stat
+            except OSError as exc:
+                log.warning("cannot stat %r: %s", entry.path, exc.strerror)
+        return listing, subdirs
+
+    def _entry(self, listing: Listing, entry: os.DirEntry[str], subdirs: list[tuple[str, Path]]) -> None:
+        name = entry.name
+        rel = listing.rel(name)
+        if entry.is_dir(follow_symlinks=self.follow_symlinks):
+            if self.exclude and _dir_excluded(rel, self.exclude):
+                return
+            if self.skip and os.path.realpath(entry.path) in self.skip:
+                return
+            subdirs.append((rel, Path(entry.path)))
+        elif name.endswith(".json"):
+            st = entry.stat()
+            listing.json_files[name] = (st.st_size, st.st_mtime_ns)
+        elif is_image_name(name) and self._wanted(rel) and (self.follow_symlinks or not entry.is_symlink()):
+            st = entry.stat(follow_symlinks=self.follow_symlinks)
+            if entry.is_file(follow_symlinks=self.follow_symlinks):
+                listing.images.append((name, (st.st_size, st.st_mtime_ns)))
+
+    def _wanted(self, rel: str) -> bool:
+        if self.include and not any(glob_match(rel, p) for p in self.include):
+            return False
+        return not (self.exclude and any(glob_match(rel, p) for p in self.exclude))
+
+
+def walk(
+    root: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_dirs: Sequence[Path] = (),
+    follow_symlinks: bool = True,
+) -> Iterator[Listing]:
+    """Yield a :class:`Listing` per folder under ``root``, depth first, in sorted order.
+
+    Hidden files and folders (names starting with ``.``) are skipped, as are ``skip_dirs``
+    (the analyzer's own output folders). A symlinked folder that leads back to one already on
+    the walk is reported once and skipped.
+    """
+    walker = _Walker(root, include, exclude, {os.path.realpath(p) for p in skip_dirs}, follow_symlinks)
+    stack: list[tuple[str, Path]] = [("", root)]
+    while stack:
+        found = walker.listing(*stack.pop())
+        if found is not None:
+            listing, subdirs = found
+            yield listing
+            stack.extend(reversed(subdirs))

@@ -1,0 +1,64 @@
+"""Opening images safely: one place that turns every way a file can be broken into an ImageError."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError, ImageTooLarge
+
+#: Extensions (lower case, without the dot) that discovery treats as images.
+IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"})
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default: about 0.18 gigapixels
+
+
+@contextmanager
+def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True) -> Iterator[Image.Image]:
+    """Open ``path``, refuse decompression bombs, and (with ``decode``) decode every pixel.
+
+    Raises :class:`ImageError` with a plain-language message for empty, truncated, corrupt
+    and non-image files, and :class:`ImageTooLarge` for images over ``max_pixels``.
+    ``OSError`` for a missing or unreadable file is passed through unchanged.
+    """
+    if max_pixels is None:
+        max_pixels = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+    if os.stat(path).st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image too large ({exc}); raise max_image_pixels to allow it") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a readable image (unknown or corrupt format)") from exc
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt image header: {exc}") from exc
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels} (setting max_image_pixels); it may be a decompression bomb"
+            )
+        if decode:
+            try:
+                image.load()
+            except OSError as exc:
+                if isinstance(exc, (FileNotFoundError, PermissionError)):
+                    raise
+                raise ImageError(f"cannot decode image: {exc}") from exc
+            except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+                raise ImageError(f"cannot decode image: {exc}") from exc
+        yield image
+
+
+def is_image_name(name: str) -> bool:
+    dot = name.rfind(".")
+    return dot > 0 and name[dot + 1 :].lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,215 @@
+"""The index: an SQLite cache of what the sidecars say, so a warm run reads no sidecar.
+
+The sidecars are the truth; the index only remembers, per image, the image's size, mtime and
+hash, and per sidecar its size and mtime and a digest of its contents (which modes and models
+are done or failed, its wildcard entries). Whenever a sidecar's size or mtime differs from
+what the index remembers, the sidecar is read again and the index row replaced; a missing or
+unreadable index is rebuilt the same way. Deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .discovery import Stat
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = "1"
+INDEX_NAME = "index.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images(
+    dir TEXT NOT NULL, name TEXT NOT NULL, size INTEGER, mtime_ns INTEGER, hash TEXT,
+    PRIMARY KEY(dir, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sidecars(
+    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL,
+    sc_size INTEGER, sc_mtime_ns INTEGER, hash TEXT,
+    done TEXT, retry TEXT, failed TEXT, wild TEXT,
+    PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
+"""
+
+
+@dataclass(slots=True)
+class SidecarRow:
+    stat: Stat
+    hash: str | None
+    done: frozenset[str]
+    retry: frozenset[str]
+    failed: frozenset[str]
+    wild: str | None = None
+
+
+@dataclass(slots=True)
+class ImageRow:
+    stat: Stat | None = None
+    hash: str | None = None
+    sidecars: dict[str, SidecarRow] = field(default_factory=dict)
+
+
+def _keys(text: str | None) -> frozenset[str]:
+    return frozenset(text.split("\n")) if text else frozenset()
+
+
+class Index:
+    def __init__(self, path: Path | None) -> None:
+        """Open (creating) the index at ``path``; ``None`` keeps it in memory for this run."""
+        self.path = path
+        target = str(path) if path is not None else ":memory:"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        try:
+            self._init()
+        except sqlite3.DatabaseError:
+            if path is None:
+                raise
+            log.warning("index %s is unreadable; rebuilding it from the sidecars", path)
+            self._db.close()
+            path.unlink(missing_ok=True)
+            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            self._init()
+        self._pending = 0
+
+    def _init(self) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None or row[0] != INDEX_VERSION:
+            db.executescript("DELETE FROM images; DELETE FROM sidecars;")
+            db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
+        db.execute("BEGIN")
+
+    @classmethod
+    def open_for(cls, state_dir: Path, fallback_key: str) -> Index:
+        """The index under ``state_dir``, or in the user cache, or in memory: the first that works."""
+        candidates = [state_dir]
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "analyzer" / fallback_key
+        candidates.append(cache)
+        for folder in candidates:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                index = cls(folder / INDEX_NAME)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("cannot use index folder %s (%s); trying the next place", folder, exc)
+                continue
+            if folder != state_dir:
+                log.warning("index for this root kept in %s (cannot write %s)", folder, state_dir)
+            return index
+        log.warning("no writable place for the index: keeping it in memory (warm runs will be slower)")
+        return cls(None)
+
+    # -- reading -------------------------------------------------------------------------
+    def load_dir(self, rel_dir: str) -> dict[str, ImageRow]:
+        rows: dict[str, ImageRow] = {}
+        with self._lock:
+            for name, size, mtime_ns, hash_ in self._db.execute(
+                "SELECT name, size, mtime_ns, hash FROM images WHERE dir=?", (rel_dir,)
+            ):
+                rows[name] = ImageRow((size, mtime_ns), hash_)
+            for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed in self._db.execute(
+                "SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed FROM sidecars WHERE dir=?",
+                (rel_dir,),
+            ):
+                row = rows.get(name)
+                if row is None:
+                    row = rows[name] = ImageRow()
+                row.sidecars[plugin] = SidecarRow((sc_size, sc_mtime), hash_, _keys(done), _keys(retry), _keys(failed))
+        return rows
+
+    def dirs(self) -> set[str]:
+        with self._lock:
+            found = {d for (d,) in self._db.execute("SELECT DISTINCT dir FROM images")}
+            found |= {d for (d,) in self._db.execute("SELECT DISTINCT dir FROM sidecars")}
+        return found
+
+    def wildcard_rows(self, plugins: Iterable[str]) -> Iterator[tuple[str, dict[str, list[str]]]]:
+        """(plugin, {mode: entries}) for every indexed sidecar, in path order."""
+        wanted = list(plugins)
+        if not wanted:
+            return
+        marks = ",".join("?" * len(wanted))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT plugin, wild FROM sidecars WHERE plugin IN ({marks}) AND wild IS NOT NULL ORDER BY dir, name",
+                wanted,
+            ).fetchall()
+        for plugin, wild in rows:
+            yield plugin, json.loads(wild)
+
+    # -- writing -------------------------------------------------------------------------
+    def put_image(self, rel_dir: str, name: str, stat: Stat, hash_: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO images VALUES(?,?,?,?,?)", (rel_dir, name, stat[0], stat[1], hash_)
+            )
+            self._tick()
+
+    def put_sidecar(self, rel_dir: str, name: str, plugin: str, stat: Stat, row: SidecarRow) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (
+                    rel_dir,
+                    name,
+                    plugin,
+                    stat[0],
+                    stat[1],
+                    row.hash,
+                    "\n".join(sorted(row.done)),
+                    "\n".join(sorted(row.retry)),
+                    "\n".join(sorted(row.failed)),
+                    row.wild,
+                ),
+            )
+            self._tick()
+
+    def delete_sidecar(self, rel_dir: str, name: str, plugin: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?", (rel_dir, name, plugin))
+            self._tick()
+
+    def delete_names(self, rel_dir: str, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._db.execute("DELETE FROM images WHERE dir=? AND name=?", (rel_dir, name))
+                self._db.execute("DELETE FROM sidecars WHERE dir=? AND name=?", (rel_dir, name))
+            self._tick()
+
+    def delete_dirs(self, rel_dirs: Iterable[str]) -> None:
+        with self._lock:
+            for rel_dir in rel_dirs:
+                self._db.execute("DELETE FROM images WHERE dir=?", (rel_dir,))
+                self._db.execute("DELETE FROM sidecars WHERE dir=?", (rel_dir,))
+            self._tick()
+
+    def _tick(self) -> None:
+        self._pending += 1
+        if self._pending >= 2000:
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        self._pending = 0
+
+    def commit(self) -> None:
+        with self._lock:
+            self._commit_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.warning("could not save the index: %s", exc)
+            self._db.close()

@@ -1,0 +1,61 @@
+"""Logging: concise human lines on the console, optional JSON lines in a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+
+@lru_cache(maxsize=1)
+def console() -> Console:
+    return Console(stderr=True)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("image", "plugin", "mode", "error_type"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_console: bool = False) -> None:
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    handler: logging.Handler
+    if rich_console:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+        file_handler.setFormatter(JsonFormatter())
+        file_handler.setLevel("DEBUG")
+        root.addHandler(file_handler)
+    root.setLevel("DEBUG" if log_file is not None else level)
+    for noisy in ("PIL", "httpx", "httpcore", "watchdog", "sd_parsers", "asyncio"):
+        logging.getLogger(noisy).setLevel("WARNING")

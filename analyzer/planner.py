@@ -1,0 +1,67 @@
+"""The planner: which (mode, model id) items of a plugin an image is missing.
+
+An item is a key ``"<mode>\\t<model id>"``. It is *done* when its sidecar holds a result for
+it, *failed* when it holds only an error. Missing items are analysed; failed ones are tried
+again when the error was marked retryable, or when ``--retry-failed`` is given; ``--force``
+redoes everything asked for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .index import SidecarRow
+    from .plugin import AnalyzerPlugin
+
+
+def item_key(mode: str, model: str) -> str:
+    return f"{mode}\t{model}"
+
+
+@dataclass
+class PluginPlan:
+    """What one plugin is asked for in this run."""
+
+    name: str
+    items: list[tuple[str, str]]
+    """(mode, model id) for each enabled mode."""
+    force: bool = False
+    retry_failed: bool = False
+    keys: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = [item_key(mode, model) for mode, model in self.items]
+
+    @classmethod
+    def for_plugin(
+        cls, plugin: AnalyzerPlugin, *, modes: list[str] | None, force: bool, retry_failed: bool
+    ) -> PluginPlan:
+        chosen = [m for m in plugin.enabled_modes() if modes is None or m in modes]
+        return cls(plugin.name, [(m, plugin.model_id(m)) for m in chosen], force, retry_failed)
+
+    def missing(self, row: SidecarRow | None) -> list[str]:
+        """Modes to analyse for an image whose sidecar digest is ``row`` (None: no sidecar)."""
+        if row is None or self.force:
+            return [mode for mode, _ in self.items]
+        out = []
+        for (mode, _), key in zip(self.items, self.keys, strict=True):
+            if key in row.done:
+                continue
+            if key in row.failed and not self.retry_failed:
+                continue
+            out.append(mode)
+        return out
+
+    def tally(self, row: SidecarRow | None, counts: Counter[tuple[str, str, str, str]]) -> None:
+        """Count each item as done, failed or missing into ``counts[(plugin, mode, model, state)]``."""
+        for (mode, model), key in zip(self.items, self.keys, strict=True):
+            if row is not None and key in row.done:
+                state = "done"
+            elif row is not None and (key in row.failed or key in row.retry):
+                state = "failed"
+            else:
+                state = "missing"
+            counts[(self.name, mode, model, state)] += 1

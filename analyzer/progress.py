@@ -1,0 +1,217 @@
+"""Counting, progress display, heartbeat lines and the end-of-run summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("analyzer")
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB (peak RSS where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+
+
+@dataclass
+class PluginStats:
+    planned: int = 0
+    done: int = 0
+    failed: int = 0
+    first_done_at: float | None = None
+
+    def rate(self, now: float) -> float:
+        if self.first_done_at is None or self.done + self.failed == 0:
+            return 0.0
+        return (self.done + self.failed) / max(now - self.first_done_at, 1e-6)
+
+
+@dataclass
+class RunStats:
+    images: int = 0
+    up_to_date: int = 0
+    hashed: int = 0
+    hashed_bytes: int = 0
+    changed: int = 0
+    vanished: int = 0
+    unreadable: int = 0
+    corrupt_sidecars: int = 0
+    write_errors: int = 0
+    unavailable_plugins: list[str] = field(default_factory=list)
+    plugins: dict[str, PluginStats] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    interrupted: bool = False
+
+    def plugin(self, name: str) -> PluginStats:
+        return self.plugins.setdefault(name, PluginStats())
+
+    def item_done(self, plugin: str, ok: bool) -> None:
+        stats = self.plugin(plugin)
+        if stats.first_done_at is None:
+            stats.first_done_at = time.monotonic()
+        if ok:
+            stats.done += 1
+        else:
+            stats.failed += 1
+
+    @property
+    def done(self) -> int:
+        return sum(p.done for p in self.plugins.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(p.failed for p in self.plugins.values()) + self.write_errors + self.unreadable
+
+    @property
+    def pending(self) -> int:
+        return sum(p.planned - p.done - p.failed for p in self.plugins.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "up_to_date": self.up_to_date,
+            "hashed": self.hashed,
+            "changed": self.changed,
+            "vanished": self.vanished,
+            "unreadable": self.unreadable,
+            "corrupt_sidecars": self.corrupt_sidecars,
+            "write_errors": self.write_errors,
+            "items_done": self.done,
+            "items_failed": self.failed,
+            "interrupted": self.interrupted,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "plugins": {k: {"planned": v.planned, "done": v.done, "failed": v.failed} for k, v in self.plugins.items()},
+        }
+
+
+def _eta(stats: PluginStats, now: float) -> str:
+    rate = stats.rate(now)
+    left = stats.planned - stats.done - stats.failed
+    if rate <= 0 or left <= 0:
+        return "-"
+    seconds = int(left / rate)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Reporter:
+    """Shows progress while a run goes on: a live bar on a terminal, log lines otherwise."""
+
+    def __init__(self, stats: RunStats, *, mode: str, heartbeat: float) -> None:
+        self.stats = stats
+        self.heartbeat = heartbeat
+        self.bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self._task: asyncio.Task[None] | None = None
+        self._progress: Any = None
+        self._bars: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Reporter:
+        if self.bar:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            from .logs import console
+
+            self._progress = Progress(
+                TextColumn("{task.description:>10}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} done, {task.fields[failed]} failed"),
+                TextColumn("{task.fields[rate]:.1f}/s ETA {task.fields[eta]}"),
+                console=console(),
+                transient=True,
+            )
+            self._progress.start()
+        self._task = asyncio.create_task(self._tick(), name="analyzer-progress")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._progress is not None:
+            self._refresh_bars()
+            self._progress.stop()
+
+    def _refresh_bars(self) -> None:
+        now = time.monotonic()
+        for name, stats in self.stats.plugins.items():
+            if name not in self._bars:
+                self._bars[name] = self._progress.add_task(name, total=0, failed=0, rate=0.0, eta="-")
+            self._progress.update(
+                self._bars[name],
+                total=stats.planned,
+                completed=stats.done,
+                failed=stats.failed,
+                rate=stats.rate(now),
+                eta=_eta(stats, now),
+            )
+
+    def heartbeat_line(self) -> str:
+        now = time.monotonic()
+        s = self.stats
+        rate = sum(p.rate(now) for p in s.plugins.values())
+        return (
+            f"heartbeat: images={s.images} up_to_date={s.up_to_date} done={s.done} failed={s.failed} "
+            f"pending={s.pending} rate={rate:.1f}/s rss={rss_mb():.0f}MB"
+        )
+
+    async def _tick(self) -> None:
+        last_beat = last_plain = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5 if self.bar else 1.0)
+            now = time.monotonic()
+            if self._progress is not None:
+                self._refresh_bars()
+            elif now - last_plain >= 10:
+                last_plain = now
+                for name, p in self.stats.plugins.items():
+                    if p.planned:
+                        log.info(
+                            "progress %s: %d/%d done, %d failed, %.1f/s, ETA %s",
+                            name,
+                            p.done,
+                            p.planned,
+                            p.failed,
+                            p.rate(now),
+                            _eta(p, now),
+                        )
+            if self.heartbeat and now - last_beat >= self.heartbeat:
+                last_beat = now
+                log.info(self.heartbeat_line())
+
+
+def summary_lines(stats: RunStats) -> list[str]:
+    s = stats
+    seconds = time.monotonic() - s.started
+    lines = [
+        f"{s.images} images: {s.up_to_date} already up to date, {s.hashed} hashed, "
+        f"{s.changed} changed since last analysed, {s.vanished} vanished, {s.unreadable} unreadable"
+    ]
+    for name, p in sorted(s.plugins.items()):
+        lines.append(f"  {name}: {p.done} done, {p.failed} failed of {p.planned} planned")
+    if s.corrupt_sidecars:
+        lines.append(f"  {s.corrupt_sidecars} corrupt sidecars moved aside (*.corrupt-<time>) and redone")
+    if s.write_errors:
+        lines.append(f"  {s.write_errors} sidecars could not be written (see errors above)")
+    for item in s.unavailable_plugins:
+        lines.append(f"  unavailable: {item}")
+    lines.append(
+        f"finished in {seconds:.1f}s, peak RSS {peak_rss_mb():.0f} MB" + (" (interrupted)" if s.interrupted else "")
+    )
+    return lines

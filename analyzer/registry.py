@@ -1,0 +1,122 @@
+"""Finding plugins: the ``analyzer.plugins`` entry-point group, plus explicit registration.
+
+Built-in plugins are found through the same entry-point group as third-party ones. Tests and
+embedding applications may :func:`register` a class directly. ``ANALYZER_LOAD_PLUGINS``
+(comma-separated names) restricts which entry points are loaded at all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import ConfigError
+from .plugin import AnalyzerPlugin
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP = "analyzer.plugins"
+_registered: dict[str, type[AnalyzerPlugin]] = {}
+
+
+def register(plugin_cls: type[AnalyzerPlugin]) -> type[AnalyzerPlugin]:
+    """Register a plugin class by its ``name`` (usable as a decorator)."""
+    _registered[plugin_cls.name] = plugin_cls
+    return plugin_cls
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def _entry_points() -> dict[str, Any]:
+    allowed = os.environ.get("ANALYZER_LOAD_PLUGINS")
+    names = {n.strip() for n in allowed.split(",")} if allowed else None
+    return {ep.name: ep for ep in entry_points(group=GROUP) if names is None or ep.name in names}
+
+
+def plugin_names() -> list[str]:
+    """Names of every known plugin, without importing any of them."""
+    return sorted(set(_entry_points()) | set(_registered))
+
+
+@dataclass
+class Unavailable:
+    name: str
+    reason: str
+    explicit: bool
+    """The user asked for this plugin by name (so its absence is an error, not a note)."""
+
+
+def load_class(name: str) -> type[AnalyzerPlugin]:
+    if name in _registered:
+        return _registered[name]
+    eps = _entry_points()
+    if name not in eps:
+        raise ConfigError(f"unknown plugin {name!r}; installed plugins: {', '.join(plugin_names()) or 'none'}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, AnalyzerPlugin)):
+        raise ConfigError(f"entry point {name!r} in {GROUP!r} is not an AnalyzerPlugin subclass")
+    return cls
+
+
+def missing_requirements(cls: type[AnalyzerPlugin]) -> list[str]:
+    return [module for module in cls.requires if importlib.util.find_spec(module) is None]
+
+
+def select_plugins(
+    settings: Settings, only: list[str] | None = None, *, check_requirements: bool = True
+) -> tuple[list[AnalyzerPlugin], list[Unavailable]]:
+    """Instantiate the plugins a command will use, with their validated options.
+
+    ``only`` (``--plugins``) and ``settings.plugins`` name plugins explicitly; otherwise every
+    installed plugin that is enabled and whose requirements are importable is used.
+    Unknown plugin names, unknown plugin sections and invalid options raise ConfigError.
+    """
+    known = plugin_names()
+    for section in settings.plugin_options:
+        if section not in known:
+            raise ConfigError(
+                f"unknown setting section {section!r}: not a core setting nor an installed plugin "
+                f"({', '.join(known) or 'none installed'})"
+            )
+    requested = only if only else settings.plugins
+    explicit = requested is not None
+    names = list(dict.fromkeys(requested)) if requested is not None else known
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown plugin {name!r}; installed plugins: {', '.join(known) or 'none'}")
+
+    plugins: list[AnalyzerPlugin] = []
+    unavailable: list[Unavailable] = []
+    for name in names:
+        try:
+            cls = load_class(name)
+        except ImportError as exc:
+            unavailable.append(Unavailable(name, f"cannot import it ({exc})", explicit))
+            continue
+        try:
+            options = cls.Options.model_validate(settings.plugin_options.get(name, {}))
+        except ValidationError as exc:
+            problems = "; ".join(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+            raise ConfigError(f"invalid options for plugin {name!r}: {problems}") from exc
+        if not options.enabled and not (only and name in only):
+            continue
+        missing = missing_requirements(cls) if check_requirements else []
+        if missing:
+            hint = cls.install_hint or f"pip install {' '.join(missing)}"
+            unavailable.append(Unavailable(name, f"needs {', '.join(missing)}: {hint}", explicit))
+            continue
+        plugin = cls(options)
+        for mode in plugin.enabled_modes():
+            if mode not in cls.modes:
+                raise ConfigError(f"plugin {name!r} has no mode {mode!r}; its modes: {', '.join(cls.modes)}")
+        plugins.append(plugin)
+    return plugins, unavailable

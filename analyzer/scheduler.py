@@ -1,0 +1,805 @@
+"""The scheduler: scan → triage → hash → plan → analyse → merge and write, as one pipeline.
+
+::
+
+    walk + triage (1 thread)  --chunks-->  prepare (N tasks: read stale sidecars, hash)
+        --jobs-->  one runner per plugin (batches, concurrency)  -->  atomic sidecar writes
+
+Every queue is bounded, so memory does not grow with the number of images. The triage thread
+compares each image's and sidecar's size and mtime with the index and drops the images that
+are up to date before anything else happens: a warm run reads no image and no sidecar.
+Blocking work (hashing, JSON, SQLite) runs in threads, never on the event loop.
+
+Shutdown: the first SIGINT/SIGTERM stops taking new work and lets in-flight batches finish
+within ``grace_period`` seconds, then cancels them; a write that has started always completes
+(it is atomic), so no file is left half-written. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .discovery import Listing, Stat, walk
+from .errors import ConfigError
+from .hashing import FileChangedError, hash_file
+from .index import Index, SidecarRow
+from .planner import PluginPlan
+from .plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, Result
+from .progress import Reporter, RunStats
+from .settings import Settings
+from .sidecar import (
+    CorruptSidecar,
+    Layout,
+    atomic_write_text,
+    done_keys,
+    dumps,
+    failed_keys,
+    file_info,
+    merge_outcomes,
+    new_doc,
+    now_iso,
+    quarantine,
+    read_sidecar,
+    sidecar_name,
+)
+from .wildcards import clean_entry, write_wildcards
+
+log = logging.getLogger("analyzer")
+
+T = TypeVar("T")
+Action = Literal["run", "status", "refresh"]
+CHUNK = 64
+
+
+class _NeedsRead:
+    """Marker: the index does not know this sidecar as it is on disk; read it."""
+
+
+NEEDS_READ = _NeedsRead()
+
+
+@dataclass
+class RootContext:
+    root: Path
+    layout: Layout
+    index: Index
+
+
+@dataclass
+class Candidate:
+    """An image the triage could not prove up to date."""
+
+    ctx: RootContext
+    rel_dir: str
+    name: str
+    path: Path
+    stat: Stat
+    known_hash: str | None
+    sidecar_stats: dict[str, Stat | None]
+    known: dict[str, SidecarRow | _NeedsRead | None]
+
+    @property
+    def rel(self) -> str:
+        return f"{self.rel_dir}/{self.name}" if self.rel_dir else self.name
+
+
+@dataclass
+class Job:
+    cand: Candidate
+    plugin: str
+    modes: list[str]
+    image: ImageRef
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    plugins: list[AnalyzerPlugin]
+    action: Action = "run"
+    modes: list[str] | None = None
+    force: bool = False
+    retry_failed: bool = False
+    dry_run: bool = False
+    plan_printer: Callable[[str], None] = print
+    stats: RunStats = field(default_factory=RunStats)
+    counts: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    wildcard_files: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_name = {p.name: p for p in self.plugins}
+        self.plans = {
+            p.name: PluginPlan.for_plugin(p, modes=self.modes, force=self.force, retry_failed=self.retry_failed)
+            for p in self.plugins
+        }
+        if self.modes:
+            offered = {m for p in self.plugins for m in p.enabled_modes()}
+            unknown = [m for m in self.modes if m not in offered]
+            if unknown:
+                raise ConfigError(f"no enabled plugin offers mode(s) {', '.join(unknown)}")
+        self.stop = asyncio.Event()
+        self.thread_stop = threading.Event()
+        self.dirty = False
+        self.runners: dict[str, PluginRunner] = {}
+        self._io = concurrent.futures.ThreadPoolExecutor(self.settings.hash_workers, "analyzer-io")
+        self._signals = 0
+        self._changed_logged: set[tuple[str, str]] = set()
+
+    # -- public ------------------------------------------------------------------------
+    async def run(self, paths: list[Path]) -> RunStats:
+        ctxs = [self._open_root(p) for p in self._resolve_roots(paths)]
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        chunks: asyncio.Queue[list[Candidate] | None] = asyncio.Queue(maxsize=max(2, self.settings.queue_size // CHUNK))
+        try:
+            async with Reporter(
+                self.stats,
+                mode=self.settings.progress if self.action == "run" else "plain",
+                heartbeat=self.settings.heartbeat_interval,
+            ):
+                pipeline = asyncio.create_task(self._pipeline(ctxs, chunks), name="analyzer-pipeline")
+                await self._wait(pipeline)
+        finally:
+            self._remove_signals(loop)
+            await self._close_plugins()
+            self._io.shutdown(wait=True)  # lets a started write finish
+            for ctx in ctxs:
+                ctx.index.commit()
+        if self.action in ("run", "refresh") and not self.dry_run and not self.stats.interrupted:
+            self._refresh_wildcards(ctxs)
+        for ctx in ctxs:
+            ctx.index.close()
+        return self.stats
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self.stop.is_set():
+            log.warning(
+                "%s: finishing in-flight work (up to %.0fs), then stopping; signal again to exit at once",
+                reason,
+                self.settings.grace_period,
+            )
+            self.stats.interrupted = True
+        self.stop.set()
+        self.thread_stop.set()
+
+    # -- roots -------------------------------------------------------------------------
+    def _resolve_roots(self, paths: list[Path]) -> list[Path]:
+        roots = paths or list(self.settings.roots)
+        if not roots:
+            raise ConfigError("no folder given: name one (analyzer run PATH) or set roots in the settings")
+        resolved: list[Path] = []
+        for path in roots:
+            if not path.is_dir():
+                raise ConfigError(f"{path} is not a folder")
+            resolved.append(path.resolve())
+        if self.settings.sidecar_dir is not None:
+            names = [r.name for r in resolved]
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ConfigError(f"with sidecar_dir set, roots need distinct folder names ({', '.join(dupes)})")
+        return list(dict.fromkeys(resolved))
+
+    def _open_root(self, root: Path) -> RootContext:
+        base = self.settings.sidecar_dir.resolve() / root.name if self.settings.sidecar_dir else None
+        key = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+        if self.settings.state_dir is not None:
+            state = self.settings.state_dir.resolve() / f"{root.name}-{key}"
+        else:
+            state = (base or root) / ".analyzer"
+        return RootContext(root, Layout(root, base), Index.open_for(state, key))
+
+    def wildcards_dir(self, first_root: Path) -> Path:
+        return (self.settings.wildcards_dir or first_root / "wildcards").resolve()
+
+    # -- signals and waiting -----------------------------------------------------------
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            sys.stderr.write("second signal: exiting now\n")
+            sys.stderr.flush()
+            os._exit(128 + sig.value)
+        self.request_stop(f"received {sig.name}")
+
+    async def _wait(self, pipeline: asyncio.Task[None]) -> None:
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({pipeline, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not pipeline.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(pipeline), self.settings.grace_period)
+            except TimeoutError:
+                log.warning("grace period over: abandoning the work still in flight")
+                pipeline.cancel()
+                for runner in self.runners.values():
+                    runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pipeline
+        pipeline.result()
+
+    # -- the pipeline ------------------------------------------------------------------
+    async def _pipeline(self, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:
+        loop = asyncio.get_running_loop()
+        preparers = [
+            asyncio.create_task(self._prepare_worker(chunks), name=f"analyzer-prepare-{i}")
+            for i in range(self.settings.hash_workers)
+        ]
+        with concurrent.futures.ThreadPoolExecutor(1, "analyzer-scan") as scan:
+            try:
+                await loop.run_in_executor(scan, self._triage_all, ctxs, loop, chunks)
+            finally:
+                self.thread_stop.set()
+                for _ in preparers:
+                    await chunks.put(None)
+                await asyncio.gather(*preparers)
+        for runner in self.runners.values():
+            await runner.finish()
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # -- triage (runs in the scan thread) ----------------------------------------------
+    def _triage_all(self, ctxs: list[RootContext], loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[Any]) -> None:
+        def emit(chunk: list[Candidate]) -> bool:
+            future = asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop)
+            while True:
+                try:
+                    future.result(timeout=0.2)
+                    return True
+                except concurrent.futures.TimeoutError:
+                    if self.thread_stop.is_set():
+                        future.cancel()
+                        return False
+
+        skip = [c.layout.sidecar_base for c in ctxs if c.layout.sidecar_base is not None]
+        skip.append(self.wildcards_dir(ctxs[0].root))
+        if self.settings.state_dir is not None:
+            skip.append(self.settings.state_dir)
+        for ctx in ctxs:
+            seen_dirs: set[str] = set()
+            for listing in walk(
+                ctx.root,
+                include=self.settings.include,
+                exclude=self.settings.exclude,
+                skip_dirs=skip,
+                follow_symlinks=self.settings.follow_symlinks,
+            ):
+                if self.thread_stop.is_set():
+                    return
+                seen_dirs.add(listing.rel_dir)
+                if not self._triage_listing(ctx, listing, emit):
+                    return
+            stale_dirs = ctx.index.dirs() - seen_dirs
+            if stale_dirs:
+                ctx.index.delete_dirs(stale_dirs)
+                self.dirty = True
+
+    def _sidecar_stats(self, ctx: RootContext, listing: Listing) -> dict[str, Stat]:
+        if ctx.layout.beside:
+            return listing.json_files
+        stats: dict[str, Stat] = {}
+        try:
+            with os.scandir(ctx.layout.sidecar_dir(listing.rel_dir)) as it:
+                for entry in it:
+                    if entry.name.endswith(".json"):
+                        st = entry.stat()
+                        stats[entry.name] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+        return stats
+
+    def _triage_listing(self, ctx: RootContext, listing: Listing, emit: Callable[[list[Candidate]], bool]) -> bool:
+        rows = ctx.index.load_dir(listing.rel_dir)
+        sc_files = self._sidecar_stats(ctx, listing)
+        chunk: list[Candidate] = []
+        names: set[str] = set()
+        for name, stat in listing.images:
+            names.add(name)
+            self.stats.images += 1
+            row = rows.get(name)
+            fresh = row is not None and row.stat == stat and row.hash is not None
+            complete = fresh
+            sc_stats: dict[str, Stat | None] = {}
+            known: dict[str, SidecarRow | _NeedsRead | None] = {}
+            for pname, plan in self.plans.items():
+                st = sc_files.get(sidecar_name(name, pname))
+                sc_stats[pname] = st
+                srow = row.sidecars.get(pname) if row is not None else None
+                if st is None:
+                    if srow is not None:
+                        ctx.index.delete_sidecar(listing.rel_dir, name, pname)
+                        self.dirty = True
+                    known[pname] = None
+                    complete = complete and not plan.missing(None)
+                elif srow is not None and srow.stat == st:
+                    known[pname] = srow
+                    if (fresh and row is not None and srow.hash != row.hash) or plan.missing(srow):
+                        complete = False
+                else:
+                    known[pname] = NEEDS_READ
+                    complete = False
+            if complete:
+                self.stats.up_to_date += 1
+                if self.action == "status":
+                    for pname, plan in self.plans.items():
+                        value = known[pname]
+                        plan.tally(value if isinstance(value, SidecarRow) else None, self.counts)
+                continue
+            chunk.append(
+                Candidate(
+                    ctx,
+                    listing.rel_dir,
+                    name,
+                    listing.path / name,
+                    stat,
+                    row.hash if fresh and row is not None else None,
+                    sc_stats,
+                    known,
+                )
+            )
+            if len(chunk) >= CHUNK:
+                if not emit(chunk):
+                    return False
+                chunk = []
+        if chunk and not emit(chunk):
+            return False
+        gone = [n for n in rows if n not in names]
+        if gone:
+            ctx.index.delete_names(listing.rel_dir, gone)
+            self.dirty = True
+        return True
+
+    # -- prepare (event loop, blocking parts in threads) --------------------------------
+    async def _prepare_worker(self, chunks: asyncio.Queue[list[Candidate] | None]) -> None:
+        while True:
+            chunk = await chunks.get()
+            if chunk is None:
+                return
+            for cand in chunk:
+                if self.stop.is_set():
+                    break  # drain: keep reading until the sentinel
+                try:
+                    await self._prepare(cand)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # one image never stops the run
+                    log.error("%r: unexpected error while preparing: %s", cand.rel, exc, exc_info=True)
+                    self.stats.unreadable += 1
+
+    def _row_from_doc(self, doc: dict[str, Any], stat: Stat, plugin: AnalyzerPlugin) -> SidecarRow:
+        retry, failed = failed_keys(doc)
+        wild: dict[str, list[str]] = {}
+        for mode in plugin.wildcard_modes:
+            for entry in doc.get("analysis", {}).get(mode, {}).values():
+                for text in plugin.wildcard_entries(mode, entry.get("result")):
+                    line = clean_entry(text)
+                    if line:
+                        wild.setdefault(mode, []).append(line)
+        return SidecarRow(
+            stat,
+            doc.get("file_info", {}).get("hash"),
+            frozenset(done_keys(doc)),
+            frozenset(retry),
+            frozenset(failed),
+            json.dumps(wild, ensure_ascii=False) if wild else None,
+        )
+
+    def _load_sidecar(self, cand: Candidate, pname: str) -> tuple[SidecarRow | None, dict[str, Any] | None]:
+        """Read a sidecar the index does not know; quarantine it when corrupt."""
+        path = cand.ctx.layout.sidecar_path(cand.rel, pname)
+        try:
+            doc = read_sidecar(path)
+        except CorruptSidecar as exc:
+            self.stats.corrupt_sidecars += 1
+            if self.dry_run or self.action == "status":
+                log.warning("corrupt sidecar %s (%s); a run would move it aside and redo it", path, exc)
+            else:
+                moved = quarantine(path)
+                log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
+            cand.ctx.index.delete_sidecar(cand.rel_dir, cand.name, pname)
+            return None, None
+        except OSError as exc:
+            log.error("cannot read sidecar %s: %s", path, exc.strerror)
+            return None, None
+        if doc is None:
+            return None, None
+        st = os.stat(path)
+        row = self._row_from_doc(doc, (st.st_size, st.st_mtime_ns), self.by_name[pname])
+        cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, pname, row.stat, row)
+        self.dirty = True
+        return row, doc.get("file_info")
+
+    async def _prepare(self, cand: Candidate) -> None:
+        rows, infos = await self._read_rows(cand)
+        image_hash = cand.known_hash or next(
+            (i["hash"] for i in infos if i.get("hash") and (i.get("size"), i.get("mtime_ns")) == cand.stat), None
+        )
+        if image_hash is None:
+            if self.action != "run":  # status and wildcards never read images
+                self.stats.changed += any(rows.values())
+                for plan in self.plans.values():
+                    plan.tally(None, self.counts)
+                return
+            image_hash = await self._hash(cand)
+            if image_hash is None:
+                return
+        if image_hash != cand.known_hash:
+            cand.ctx.index.put_image(cand.rel_dir, cand.name, cand.stat, image_hash)
+        changed = False
+        for pname, row in rows.items():
+            if row is not None and row.hash != image_hash:
+                changed = True
+                log.info("%r changed since its %s analysis: analysing it again", cand.rel, pname)
+                rows[pname] = None
+        self.stats.changed += changed
+        await self._plan(cand, rows, ImageRef(cand.path, cand.rel, image_hash, cand.stat[0], cand.stat[1]))
+
+    async def _read_rows(self, cand: Candidate) -> tuple[dict[str, SidecarRow | None], list[dict[str, Any]]]:
+        """Each plugin's sidecar digest (reading the sidecars the index does not know)."""
+        rows: dict[str, SidecarRow | None] = {}
+        infos: list[dict[str, Any]] = []
+        for pname, known in cand.known.items():
+            if isinstance(known, _NeedsRead):
+                row, info = await self._in_thread(self._load_sidecar, cand, pname)
+                rows[pname] = row
+                if info:
+                    infos.append(info)
+            else:
+                rows[pname] = known
+        return rows, infos
+
+    async def _plan(self, cand: Candidate, rows: dict[str, SidecarRow | None], image: ImageRef) -> None:
+        for pname, plan in self.plans.items():
+            if self.action == "status":
+                plan.tally(rows[pname], self.counts)
+                continue
+            missing = plan.missing(rows[pname])
+            if not missing or self.action != "run":
+                continue
+            self.stats.plugin(pname).planned += len(missing)
+            if self.dry_run:
+                self.plan_printer(f"{cand.ctx.root / cand.rel}\t{pname}\t{','.join(missing)}")
+                continue
+            await self._runner(pname).submit(Job(cand, pname, missing, image))
+
+    async def _hash(self, cand: Candidate) -> str | None:
+        try:
+            image_hash, size, mtime_ns = await self._in_thread(hash_file, cand.path)
+        except FileNotFoundError:
+            self.stats.vanished += 1
+            log.warning("%r vanished before it could be analysed", cand.rel)
+            return None
+        except FileChangedError:
+            log.warning("%r is still being written; skipped, it will be analysed on a later run", cand.rel)
+            return None
+        except OSError as exc:
+            self.stats.unreadable += 1
+            failure = Failure(type(exc).__name__, f"cannot read the image: {exc.strerror or exc}", retryable=True)
+            log.error("%r: cannot read the image: %s", cand.rel, exc.strerror or exc)
+            await self._record_unreadable(cand, failure)
+            return None
+        self.stats.hashed += 1
+        self.stats.hashed_bytes += size
+        if (size, mtime_ns) != cand.stat:
+            cand.stat = (size, mtime_ns)
+        return image_hash
+
+    async def _record_unreadable(self, cand: Candidate, failure: Failure) -> None:
+        if self.dry_run:
+            return
+        image = ImageRef(cand.path, cand.rel, "", cand.stat[0], cand.stat[1])
+        for pname, plan in self.plans.items():
+            modes = [mode for mode, _ in plan.items]
+            if modes:
+                job = Job(cand, pname, modes, image)
+                await self.write(job, {m: (failure, 0.0) for m in modes}, count=False)
+
+    def _runner(self, pname: str) -> PluginRunner:
+        runner = self.runners.get(pname)
+        if runner is None:
+            runner = self.runners[pname] = PluginRunner(self, self.by_name[pname])
+        return runner
+
+    async def _close_plugins(self) -> None:
+        for runner in self.runners.values():
+            await runner.close()
+
+    # -- writing -----------------------------------------------------------------------
+    def _write_sync(self, job: Job, results: Entries, errors: Entries) -> None:
+        cand = job.cand
+        plugin = self.by_name[job.plugin]
+        path = cand.ctx.layout.sidecar_path(cand.rel, job.plugin)
+        try:
+            doc = read_sidecar(path)
+        except CorruptSidecar as exc:
+            moved = quarantine(path)
+            self.stats.corrupt_sidecars += 1
+            log.warning("corrupt sidecar moved aside to %s (%s)", moved, exc)
+            doc = None
+        if doc is not None and not job.image.hash:
+            info = doc["file_info"]  # unreadable now: keep what was known, add the errors
+        else:
+            if doc is None or doc["file_info"].get("hash") != job.image.hash:
+                doc = new_doc(plugin.name, plugin.version)
+            info = file_info(
+                rel=cand.rel,
+                hash_=job.image.hash or None,
+                size=cand.stat[0],
+                mtime_ns=cand.stat[1],
+                created_ns=_created_ns(cand.path),
+            )
+        merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
+        atomic_write_text(path, dumps(doc))
+        st = os.stat(path)
+        row = self._row_from_doc(doc, (st.st_size, st.st_mtime_ns), plugin)
+        cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, job.plugin, row.stat, row)
+        self.dirty = True
+
+    async def write(self, job: Job, outcomes: dict[str, tuple[Outcome, float]], *, count: bool = True) -> None:
+        """Merge a job's outcomes into its sidecar (atomically) and count them."""
+        plugin = self.by_name[job.plugin]
+        rel = job.cand.rel
+        if job.image.hash:
+            try:
+                st = await self._in_thread(os.stat, job.cand.path)
+            except FileNotFoundError:
+                self.stats.vanished += 1
+                self.stats.plugin(job.plugin).planned -= len(outcomes)
+                log.warning("%r vanished while it was analysed; no sidecar written", rel)
+                return
+            if (st.st_size, st.st_mtime_ns) != job.cand.stat:
+                log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
+                changed = Failure("FileChanged", "the file changed while it was analysed", retryable=True)
+                outcomes = {mode: (changed, 0.0) for mode in outcomes}
+        results, errors, failed_modes = _sidecar_entries(plugin, outcomes)
+        for (kind, message), modes in failed_modes.items():
+            log.error(
+                "%r: %s failed (%s): %s: %s",
+                rel,
+                job.plugin,
+                ", ".join(modes),
+                kind,
+                message,
+                extra={"image": rel, "plugin": job.plugin, "mode": modes, "error_type": kind},
+            )
+        try:
+            await asyncio.shield(self._in_thread(self._write_sync, job, results, errors))
+        except OSError as exc:
+            self.stats.write_errors += 1
+            path = job.cand.ctx.layout.sidecar_path(rel, job.plugin)
+            log.error(
+                "%r: cannot write sidecar %s: %s; its results are lost for this run", rel, path, exc.strerror or exc
+            )
+            if count:
+                for _ in outcomes:
+                    self.stats.item_done(job.plugin, ok=False)
+            return
+        if count:
+            for _ in results:
+                self.stats.item_done(job.plugin, ok=True)
+            for _ in errors:
+                self.stats.item_done(job.plugin, ok=False)
+
+    # -- wildcards ---------------------------------------------------------------------
+    def _refresh_wildcards(self, ctxs: list[RootContext]) -> None:
+        folder = self.wildcards_dir(ctxs[0].root)
+        plugins = [p for p in self.plugins if p.wildcard_modes]
+        if not plugins or (not self.dirty and folder.is_dir() and self.action == "run"):
+            return
+        entries: dict[tuple[str, str], dict[str, None]] = {
+            (p.name, mode): {} for p in plugins for mode in p.wildcard_modes
+        }
+        for ctx in ctxs:
+            for pname, wild in ctx.index.wildcard_rows(p.name for p in plugins):
+                for mode, items in wild.items():
+                    bucket = entries.get((pname, mode))
+                    if bucket is not None:
+                        for item in items:
+                            bucket.setdefault(item, None)
+        try:
+            self.wildcard_files = write_wildcards(folder, {k: list(v) for k, v in entries.items()})
+        except OSError as exc:
+            log.error("cannot write wildcard files in %s: %s", folder, exc.strerror or exc)
+            self.stats.write_errors += 1
+            return
+        if self.wildcard_files:
+            log.info(
+                "wildcards in %s: %s", folder, ", ".join(f"{name} ({n})" for name, n in self.wildcard_files.items())
+            )
+
+
+Entries = list[tuple[str, str, dict[str, Any]]]
+
+
+def _sidecar_entries(
+    plugin: AnalyzerPlugin, outcomes: dict[str, tuple[Outcome, float]]
+) -> tuple[Entries, Entries, dict[tuple[str, str], list[str]]]:
+    """Sidecar entries (mode, model id, entry) for results and errors, and the failed modes by error."""
+    results: Entries = []
+    errors: Entries = []
+    failed_modes: dict[tuple[str, str], list[str]] = {}
+    for mode, (outcome, seconds) in outcomes.items():
+        model = plugin.model_id(mode)
+        if isinstance(outcome, Result):
+            try:
+                json.dumps(outcome.value)
+            except (TypeError, ValueError) as exc:
+                outcome = Failure("InvalidResult", f"plugin returned a result that is not JSON: {exc}")
+        if isinstance(outcome, Result):
+            entry: dict[str, Any] = {
+                "result": outcome.value,
+                "created_at": now_iso(),
+                "duration_s": round(seconds, 4),
+                "parameters": outcome.parameters,
+            }
+            if outcome.usage is not None:
+                entry["usage"] = outcome.usage
+            results.append((mode, model, entry))
+            continue
+        failed_modes.setdefault((outcome.type, outcome.message), []).append(mode)
+        error = {
+            "type": outcome.type,
+            "message": outcome.message,
+            "attempts": outcome.attempts,
+            "at": now_iso(),
+            "retryable": outcome.retryable,
+        }
+        errors.append((mode, model, error))
+    return results, errors, failed_modes
+
+
+def _created_ns(path: Path) -> int | None:
+    """Birth time where the platform records it, else the inode change time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    birth = getattr(st, "st_birthtime_ns", None)
+    return int(birth) if birth is not None else st.st_ctime_ns
+
+
+class PluginRunner:
+    """Runs one plugin: lazy setup, batching, bounded concurrency, one writer per job."""
+
+    def __init__(self, engine: Engine, plugin: AnalyzerPlugin) -> None:
+        self.engine = engine
+        self.plugin = plugin
+        size = max(8, plugin.batch_size * plugin.concurrency * 2)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=size)
+        self.setup_error: str | None = None
+        self.ready = asyncio.create_task(self._setup(), name=f"analyzer-setup-{plugin.name}")
+        self.workers = [
+            asyncio.create_task(self._worker(), name=f"analyzer-{plugin.name}-{i}") for i in range(plugin.concurrency)
+        ]
+        self.closed = False
+
+    async def submit(self, job: Job) -> None:
+        await self.queue.put(job)
+
+    async def finish(self) -> None:
+        for _ in self.workers:
+            await self.queue.put(None)
+        await asyncio.gather(*self.workers, return_exceptions=True)
+
+    def cancel(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+
+    async def close(self) -> None:
+        self.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        if not self.ready.done():
+            self.ready.cancel()
+        if self.ready.done() and not self.ready.cancelled() and self.setup_error is None and not self.closed:
+            self.closed = True
+            try:
+                await self.plugin.close()
+            except Exception as exc:
+                log.warning("plugin %s did not close cleanly: %s", self.plugin.name, exc)
+
+    async def _setup(self) -> None:
+        started = time.monotonic()
+        try:
+            await self.plugin.setup()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.setup_error = str(exc) or type(exc).__name__
+            log.error("plugin %s could not start: %s", self.plugin.name, self.setup_error)
+            self.engine.stats.unavailable_plugins.append(f"{self.plugin.name}: {self.setup_error}")
+            return
+        log.debug("plugin %s ready in %.2fs", self.plugin.name, time.monotonic() - started)
+
+    async def _next_batch(self) -> tuple[list[Job], bool]:
+        job = await self.queue.get()
+        if job is None:
+            return [], True
+        batch = [job]
+        while len(batch) < self.plugin.batch_size:
+            try:
+                more = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if more is None:
+                return batch, True
+            batch.append(more)
+        return batch, False
+
+    async def _worker(self) -> None:
+        await asyncio.shield(self.ready)
+        stats = self.engine.stats
+        last = False
+        while not last:
+            batch, last = await self._next_batch()
+            if not batch:
+                continue
+            if self.engine.stop.is_set():
+                for job in batch:  # not started: dropped, analysed on a later run
+                    stats.plugin(job.plugin).planned -= len(job.modes)
+                continue
+            if self.setup_error is not None:
+                for job in batch:
+                    for _ in job.modes:
+                        stats.item_done(job.plugin, ok=False)
+                continue
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[Job]) -> None:
+        plugin = self.plugin
+        outcomes: list[dict[str, tuple[Outcome, float]]] = [{} for _ in batch]
+        for mode in plugin.modes:
+            idx = [i for i, job in enumerate(batch) if mode in job.modes]
+            if not idx:
+                continue
+            images = [batch[i].image for i in idx]
+            started = time.perf_counter()
+            try:
+                outs = list(await plugin.analyze(mode, images))
+                if len(outs) != len(images):
+                    raise RuntimeError(f"plugin returned {len(outs)} outcomes for {len(images)} images")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "%s/%s: a batch of %d failed: %s",
+                    plugin.name,
+                    mode,
+                    len(images),
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+                outs = [Failure.from_exception(exc)] * len(images)
+            seconds = (time.perf_counter() - started) / len(images)
+            for i, out in zip(idx, outs, strict=True):
+                outcomes[i][mode] = (out, seconds)
+        for job, job_outcomes in zip(batch, outcomes, strict=True):
+            await self.engine.write(job, job_outcomes)

@@ -1,0 +1,228 @@
+"""Settings: one pydantic-settings model, documented field by field.
+
+Precedence, highest first: command-line flags > environment variables (``ANALYZER_`` prefix,
+``__`` for nesting) > ``.env`` in the working directory > the TOML file (``--config``, or
+``analyzer.toml`` in the working directory if present) > defaults.
+
+Plugin sections are not fields of this model: every top-level TOML table, environment
+variable or ``.env`` key that is not a core field (``[clip]``, ``ANALYZER_LLM__MODEL``…) is
+collected into :attr:`Settings.plugin_options`, and validated later by the plugin of that
+name against its own options model, so a typo there is an error too.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+from .images import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "ANALYZER_"
+DEFAULT_CONFIG_FILE = Path("analyzer.toml")
+
+
+class Settings(BaseSettings):
+    """Every core setting. Environment variable: ``ANALYZER_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # plugin sections are collected by PluginSectionsSource
+        validate_default=True,
+    )
+
+    roots: list[Path] = Field(default_factory=list)
+    """Folders to analyse when a command is given none."""
+    include: list[str] = Field(default_factory=list)
+    """Glob patterns (relative to the root, ``**`` allowed); when set, only matching images."""
+    exclude: list[str] = Field(default_factory=list)
+    """Glob patterns of images or folders to skip."""
+    follow_symlinks: bool = True
+    """Follow symlinked folders and files; loops are detected and skipped."""
+    sidecar_dir: Path | None = None
+    """Write sidecars to a mirrored tree ``<sidecar_dir>/<root name>/…`` instead of beside images."""
+    wildcards_dir: Path | None = None
+    """Where wildcard files go; default ``<first root>/wildcards``."""
+    state_dir: Path | None = None
+    """Where the index lives; default ``<root or its mirror>/.analyzer``."""
+    plugins: list[str] | None = None
+    """Plugins to run; default: every installed plugin whose dependencies are present."""
+    hash_workers: int = Field(default=4, ge=1, le=64)
+    """Threads hashing images and reading sidecars in parallel."""
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    """Bound of each pipeline queue: memory stays flat however many images there are."""
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    """Images with more pixels are refused as possible decompression bombs."""
+    grace_period: float = Field(default=30.0, ge=0)
+    """Seconds in-flight work may take to finish after SIGINT/SIGTERM before it is abandoned."""
+    heartbeat_interval: float = Field(default=60.0, ge=0)
+    """Seconds between heartbeat log lines (items done, rate, RSS); 0 turns them off."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_file: Path | None = None
+    """Also write JSON log lines (one object per line) to this file."""
+    progress: Literal["auto", "bar", "plain"] = "auto"
+    """Progress display: a bar on a terminal, plain log lines otherwise."""
+    plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Plugin sections (``[clip]``, ``ANALYZER_LLM__MODEL``…); filled by PluginSectionsSource."""
+
+    config_file: ClassVar[Path | None] = None
+
+    @field_validator("include", "exclude", "plugins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = cls.config_file
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            PluginSectionsSource(settings_cls, toml_file),
+            env_settings,
+            dotenv_settings,
+        ]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def secrets_masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, every secret replaced by ``**********``."""
+        data: dict[str, Any] = _mask(
+            self.model_dump(mode="json", exclude={"plugin_options"}) | {"plugin_options": self.plugin_options}
+        )
+        return data
+
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, SecretStr):
+        return "**********"
+    if isinstance(value, dict):
+        return {k: _mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if value and isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
+        return "**********"
+    return value
+
+
+def _core_fields() -> set[str]:
+    return set(Settings.model_fields)
+
+
+class PluginSectionsSource(PydanticBaseSettingsSource):
+    """Collects plugin sections from the environment, ``.env`` and the TOML file.
+
+    ``ANALYZER_CLIP__MODEL=x`` and ``[clip] model = "x"`` both give ``{"clip": {"model": "x"}}``.
+    A top-level name that is neither a core field nor a table is reported as unknown.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.toml_file = toml_file
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        core = _core_fields()
+        merged: dict[str, dict[str, Any]] = {}
+        # Lowest precedence first; later layers overwrite earlier ones.
+        if self.toml_file is not None and self.toml_file.exists():
+            for key, value in _read_toml(self.toml_file).items():
+                if key in core:
+                    continue
+                if not isinstance(value, dict):
+                    raise ConfigError(f"unknown setting {key!r} in {self.toml_file}")
+                _deep_update(merged.setdefault(key, {}), value)
+        env_file = self.config.get("env_file")
+        layers: list[dict[str, str | None]] = []
+        if isinstance(env_file, (str, Path)) and Path(env_file).is_file():
+            layers.append(dict(dotenv_values(env_file)))
+        layers.append(dict(os.environ))
+        for layer in layers:
+            for name, raw in layer.items():
+                if raw is None or not name.upper().startswith(ENV_PREFIX):
+                    continue
+                parts = name[len(ENV_PREFIX) :].lower().split("__")
+                if parts[0] in core:
+                    continue
+                if len(parts) < 2 or not all(parts):
+                    raise ConfigError(
+                        f"unknown setting {name!r}: core settings are {', '.join(sorted(core))}; "
+                        f"plugin settings look like {ENV_PREFIX}<PLUGIN>__<OPTION>"
+                    )
+                node = merged.setdefault(parts[0], {})
+                for part in parts[1:-1]:
+                    node = node.setdefault(part, {})
+                node[parts[-1]] = raw
+        return {"plugin_options": merged} if merged else {}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+
+
+def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from every source; ``overrides`` (CLI flags) win. Raises ConfigError."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    Settings.config_file = config_file
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    finally:
+        Settings.config_file = None

@@ -1,0 +1,201 @@
+"""Sidecar JSON files: naming, reading, merging and atomic writing.
+
+One sidecar per image per plugin, ``<image name>.<plugin>.json``, beside the image or in a
+mirrored tree. Layout (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "plugin": {"name": "metadata", "version": "1.0.0"},
+      "file_info": {"file_name", "path", "hash", "hash_algorithm", "size", "mtime_ns",
+                    "created", "modified", "processed_at"},
+      "analysis": {"<mode>": {"<model id>": {"result", "created_at", "duration_s",
+                                             "parameters", "usage"?}}},
+      "errors":   {"<mode>": {"<model id>": {"type", "message", "attempts", "at",
+                                             "retryable"}}}
+    }
+
+Writes go to a temporary file in the same folder, are fsynced and renamed over the old file,
+so a reader sees the old sidecar or the new one, never a mix. A write merges with what is on
+disk: other modes and models are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class CorruptSidecar(ValueError):
+    pass
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ns_to_iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sidecar_name(image_name: str, plugin: str) -> str:
+    return f"{image_name}.{plugin}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where one root's sidecars and index live."""
+
+    root: Path
+    sidecar_base: Path | None = None
+    """``None``: beside the images; otherwise the root of the mirrored tree for this root."""
+
+    def sidecar_dir(self, rel_dir: str) -> Path:
+        base = self.sidecar_base if self.sidecar_base is not None else self.root
+        return base / rel_dir if rel_dir else base
+
+    def sidecar_path(self, rel: str, plugin: str) -> Path:
+        rel_dir, _, name = rel.rpartition("/")
+        return self.sidecar_dir(rel_dir) / sidecar_name(name, plugin)
+
+    @property
+    def beside(self) -> bool:
+        return self.sidecar_base is None
+
+
+def _validate(doc: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise CorruptSidecar(f"{path}: top level is not a JSON object")
+    for section in ("file_info", "analysis", "errors"):
+        if not isinstance(doc.get(section, {}), dict):
+            raise CorruptSidecar(f"{path}: {section!r} is not an object")
+    for section in ("analysis", "errors"):
+        for mode, by_model in doc.get(section, {}).items():
+            if not isinstance(by_model, dict) or not all(isinstance(v, dict) for v in by_model.values()):
+                raise CorruptSidecar(f"{path}: {section}.{mode} is not an object of objects")
+    version = doc.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CorruptSidecar(f"{path}: schema_version {version!r} is newer than this analyzer understands")
+    doc.setdefault("analysis", {})
+    doc.setdefault("errors", {})
+    doc.setdefault("file_info", {})
+    return doc
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar at ``path``, ``None`` if there is none. Raises CorruptSidecar."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptSidecar(f"{path}: not valid JSON ({exc})") from exc
+    return _validate(doc, path)
+
+
+def quarantine(path: Path) -> Path:
+    """Move a corrupt sidecar aside as ``<name>.corrupt-<UTC time>`` and return the new path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, target)
+    return target
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def file_info(*, rel: str, hash_: str | None, size: int, mtime_ns: int, created_ns: int | None) -> dict[str, Any]:
+    """``hash_`` is None when the image could not be read (its errors are still recorded)."""
+    algorithm = hash_.split(":", 1)[0] if hash_ else None
+    return {
+        "file_name": rel.rsplit("/", 1)[-1],
+        "path": rel,
+        "hash": hash_,
+        "hash_algorithm": algorithm,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "created": ns_to_iso(created_ns) if created_ns is not None else None,
+        "modified": ns_to_iso(mtime_ns),
+        "processed_at": now_iso(),
+    }
+
+
+def new_doc(plugin: str, plugin_version: str) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "plugin": {"name": plugin, "version": plugin_version},
+        "file_info": {},
+        "analysis": {},
+        "errors": {},
+    }
+
+
+def merge_outcomes(
+    doc: dict[str, Any],
+    *,
+    info: dict[str, Any],
+    plugin_version: str,
+    results: list[tuple[str, str, dict[str, Any]]],
+    errors: list[tuple[str, str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Merge new results and errors, keyed (mode, model id), into ``doc`` (in place).
+
+    A result replaces the result and clears the error of the same key; an error is recorded
+    beside an earlier result of the same key, never over it.
+    """
+    doc["schema_version"] = SCHEMA_VERSION
+    doc.setdefault("plugin", {})["version"] = plugin_version
+    doc["file_info"] = info
+    analysis = doc.setdefault("analysis", {})
+    errs = doc.setdefault("errors", {})
+    for mode, model, entry in results:
+        analysis.setdefault(mode, {})[model] = entry
+        if model in errs.get(mode, {}):
+            del errs[mode][model]
+            if not errs[mode]:
+                del errs[mode]
+    for mode, model, entry in errors:
+        errs.setdefault(mode, {})[model] = entry
+    return doc
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def done_keys(doc: dict[str, Any]) -> list[str]:
+    """``"mode\\tmodel"`` keys that have a result."""
+    return sorted(f"{mode}\t{model}" for mode, by_model in doc.get("analysis", {}).items() for model in by_model)
+
+
+def failed_keys(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(retryable, permanent) ``"mode\\tmodel"`` keys that have an error."""
+    retry: list[str] = []
+    perm: list[str] = []
+    for mode, by_model in doc.get("errors", {}).items():
+        for model, entry in by_model.items():
+            (retry if entry.get("retryable") else perm).append(f"{mode}\t{model}")
+    return sorted(retry), sorted(perm)
