@@ -40,6 +40,10 @@ def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True
         raise ImageError("not a readable image (unknown or corrupt format)") from exc
     except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt image header: {exc}") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a real I/O error (missing, unreadable): the caller decides
+            raise
+        raise ImageError(f"corrupt image: {exc}") from exc  # Pillow's decoder errors carry no errno
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -51,7 +55,7 @@ def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True
             try:
                 image.load()
             except OSError as exc:
-                if isinstance(exc, (FileNotFoundError, PermissionError)):
+                if exc.errno is not None:
                     raise
                 raise ImageError(f"cannot decode image: {exc}") from exc
             except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:

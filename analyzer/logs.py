@@ -13,6 +13,9 @@ from typing import Any
 from rich.console import Console
 
 
+_installed: list[logging.Handler] = []
+
+
 @lru_cache(maxsize=1)
 def console() -> Console:
     return Console(stderr=True)
@@ -36,7 +39,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_console: bool = False) -> None:
     root = logging.getLogger()
-    for old in list(root.handlers):
+    while _installed:  # only our own handlers: an embedding application keeps its own
+        old = _installed.pop()
         root.removeHandler(old)
         old.close()
     handler: logging.Handler
@@ -50,12 +54,14 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_con
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     handler.setLevel(level)
     root.addHandler(handler)
+    _installed.append(handler)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         file_handler.setFormatter(JsonFormatter())
         file_handler.setLevel("DEBUG")
         root.addHandler(file_handler)
+        _installed.append(file_handler)
     root.setLevel("DEBUG" if log_file is not None else level)
     for noisy in ("PIL", "httpx", "httpcore", "watchdog", "sd_parsers", "asyncio"):
         logging.getLogger(noisy).setLevel("WARNING")

@@ -203,7 +203,11 @@ class Engine:
         return RootContext(root, Layout(root, base), Index.open_for(state, key))
 
     def wildcards_dir(self, first_root: Path) -> Path:
-        return (self.settings.wildcards_dir or first_root / "wildcards").resolve()
+        if self.settings.wildcards_dir is not None:
+            return self.settings.wildcards_dir.resolve()
+        if self.settings.sidecar_dir is not None:
+            return self.settings.sidecar_dir.resolve() / "wildcards"
+        return first_root / "wildcards"
 
     # -- signals and waiting -----------------------------------------------------------
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     sidecar_dir: Path | None = None
     """Write sidecars to a mirrored tree ``<sidecar_dir>/<root name>/…`` instead of beside images."""
     wildcards_dir: Path | None = None
-    """Where wildcard files go; default ``<first root>/wildcards``."""
+    """Where wildcard files go; default ``<sidecar_dir>/wildcards``, else ``<first root>/wildcards``."""
     state_dir: Path | None = None
     """Where the index lives; default ``<root or its mirror>/.analyzer``."""
     plugins: list[str] | None = None

@@ -1,0 +1,157 @@
+"""Small plugins for tests, registered the way a third party could (``analyzer.register``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result
+
+
+class EchoOptions(PluginOptions):
+    delay: float = 0.0
+    suffix: str = ""
+
+
+class EchoPlugin(AnalyzerPlugin):
+    """Answers with the file name; records every call so tests can see batching and concurrency."""
+
+    name = "echo"
+    version = "1"
+    modes = ("name", "upper", "size")
+    wildcard_modes = ("name",)
+    batch_size_hint = 4
+    concurrency_hint = 2
+    Options = EchoOptions
+
+    calls: ClassVar[list[tuple[str, list[str]]]] = []
+    setups: ClassVar[int] = 0
+    in_flight: ClassVar[int] = 0
+    max_in_flight: ClassVar[int] = 0
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        assert isinstance(self.options, EchoOptions)
+        self.opts: EchoOptions = self.options
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.calls = []
+        cls.setups = 0
+        cls.in_flight = 0
+        cls.max_in_flight = 0
+
+    def model_id(self, mode: str) -> str:
+        return f"echo-v1{self.opts.suffix}"
+
+    async def setup(self) -> None:
+        type(self).setups += 1
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        cls = type(self)
+        cls.calls.append((mode, [i.rel_path for i in images]))
+        cls.in_flight += 1
+        cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            if self.opts.delay:
+                await asyncio.sleep(self.opts.delay)
+            return [self._one(mode, image) for image in images]
+        finally:
+            cls.in_flight -= 1
+
+    def _one(self, mode: str, image: ImageRef) -> Outcome:
+        stem = Path(image.rel_path).stem
+        if mode == "name":
+            return Result(stem, {"how": "stem"})
+        if mode == "upper":
+            return Result(stem.upper())
+        return Result({"bytes": image.size})
+
+
+class SaboteurPlugin(AnalyzerPlugin):
+    """Deletes or rewrites the image it is analysing, as another program might mid-run."""
+
+    name = "saboteur"
+    modes = ("look",)
+
+    def model_id(self, mode: str) -> str:
+        return "s1"
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        for image in images:
+            if image.path.stem.startswith("delete"):
+                image.path.unlink()
+            elif image.path.stem.startswith("rewrite"):
+                time.sleep(0.01)
+                image.path.write_bytes(image.path.read_bytes() + b"more")
+        return [Result("seen") for _ in images]
+
+
+class BrokenSetupPlugin(AnalyzerPlugin):
+    name = "brokensetup"
+    modes = ("x",)
+
+    def model_id(self, mode: str) -> str:
+        return "b1"
+
+    async def setup(self) -> None:
+        raise RuntimeError("model weights not found: download them with `example fetch` into ~/.cache/example")
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        raise AssertionError("never called")
+
+
+class NeedsMissingModule(AnalyzerPlugin):
+    name = "needsextra"
+    modes = ("x",)
+    requires = ("module_that_is_not_installed_anywhere",)
+    install_hint = "pip install 'analyzer[needsextra]'"
+
+    def model_id(self, mode: str) -> str:
+        return "n1"
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        raise AssertionError("never called")
+
+
+class FlakyPlugin(AnalyzerPlugin):
+    """Raises for whole batches, returns non-JSON results, or fails retryably, by file name."""
+
+    name = "flaky"
+    modes = ("x",)
+
+    def model_id(self, mode: str) -> str:
+        return "f1"
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        if any("raise" in i.rel_path for i in images):
+            raise ConnectionError("provider unreachable")
+        out: list[Outcome] = []
+        for image in images:
+            if "object" in image.rel_path:
+                out.append(Result(object()))
+            elif "busy" in image.rel_path:
+                out.append(Failure("RateLimited", "429 too many requests", retryable=True, attempts=3))
+            else:
+                out.append(Result("fine"))
+        return out
+
+
+class SlowPlugin(AnalyzerPlugin):
+    """Takes ``delay`` seconds per batch: for shutdown tests."""
+
+    name = "slow"
+    modes = ("wait",)
+    batch_size_hint = 2
+    Options = EchoOptions
+
+    def model_id(self, mode: str) -> str:
+        return "slow1"
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        delay = self.options.delay if isinstance(self.options, EchoOptions) else 0.2
+        await asyncio.sleep(delay)
+        return [Result(i.rel_path) for i in images]
