@@ -145,7 +145,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     for line in summary_lines(stats):
         log.info(line)
     if stats.interrupted:
-        return 130 if engine._signals == 0 or signal.SIGINT else 143
+        return 128 + (engine.stop_signal or signal.SIGINT.value)
     return 1 if fatal or stats.failed or engine.stats.unavailable_plugins else 0
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from rich.console import Console
 
-
 _installed: list[logging.Handler] = []
 
 

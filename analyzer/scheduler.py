@@ -137,6 +137,7 @@ class Engine:
         self.runners: dict[str, PluginRunner] = {}
         self._io = concurrent.futures.ThreadPoolExecutor(self.settings.hash_workers, "analyzer-io")
         self._signals = 0
+        self.stop_signal: int | None = None
         self._changed_logged: set[tuple[str, str]] = set()
 
     # -- public ------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class Engine:
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self.stop.is_set():
             log.warning(
-                "%s: finishing in-flight work (up to %.0fs), then stopping; signal again to exit at once",
+                "%s: finishing in-flight work (up to %gs), then stopping; signal again to exit at once",
                 reason,
                 self.settings.grace_period,
             )
@@ -230,6 +231,7 @@ class Engine:
             sys.stderr.write("second signal: exiting now\n")
             sys.stderr.flush()
             os._exit(128 + sig.value)
+        self.stop_signal = sig.value
         self.request_stop(f"received {sig.name}")
 
     async def _wait(self, pipeline: asyncio.Task[None]) -> None:
@@ -248,7 +250,8 @@ class Engine:
                     runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pipeline
-        pipeline.result()
+        if not pipeline.cancelled():
+            pipeline.result()
 
     # -- the pipeline ------------------------------------------------------------------
     async def _pipeline(self, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:

@@ -12,17 +12,20 @@ name against its own options model, so a typo there is an error too.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -45,11 +48,11 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    roots: list[Path] = Field(default_factory=list)
+    roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     """Folders to analyse when a command is given none."""
-    include: list[str] = Field(default_factory=list)
+    include: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Glob patterns (relative to the root, ``**`` allowed); when set, only matching images."""
-    exclude: list[str] = Field(default_factory=list)
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Glob patterns of images or folders to skip."""
     follow_symlinks: bool = True
     """Follow symlinked folders and files; loops are detected and skipped."""
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
     """Where wildcard files go; default ``<sidecar_dir>/wildcards``, else ``<first root>/wildcards``."""
     state_dir: Path | None = None
     """Where the index lives; default ``<root or its mirror>/.analyzer``."""
-    plugins: list[str] | None = None
+    plugins: Annotated[list[str] | None, NoDecode] = None
     """Plugins to run; default: every installed plugin whose dependencies are present."""
     hash_workers: int = Field(default=4, ge=1, le=64)
     """Threads hashing images and reading sidecars in parallel."""
@@ -84,6 +87,9 @@ class Settings(BaseSettings):
     @field_validator("include", "exclude", "plugins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
+        # From the environment: "a,b" or a JSON list '["a", "b"]'.
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -91,6 +97,8 @@ class Settings(BaseSettings):
     @field_validator("roots", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
         if isinstance(value, str):
             return [part for part in value.split(os.pathsep) if part]
         return value
@@ -219,6 +227,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     Settings.config_file = config_file
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()

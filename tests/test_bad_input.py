@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import SaboteurPlugin
 
 import analyzer
+
 from conftest import DATA, a1111_png, make_image, result, sidecar
+from fakes import SaboteurPlugin
 
 
 def errors(image: Path, plugin: str = "metadata") -> dict[str, dict[str, dict]]:
