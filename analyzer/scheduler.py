@@ -107,6 +107,32 @@ class Job:
 
 
 @dataclass
+class Prepared:
+    """What preparing one candidate found (in a worker thread), for the event loop to act on."""
+
+    cand: Candidate
+    rows: dict[str, SidecarRow | None]
+    image_hash: str | None = None
+    state: Literal["ok", "unhashed", "vanished", "busy", "unreadable"] = "ok"
+    failure: Failure | None = None
+    hashed: bool = False
+    hashed_bytes: int = 0
+    changed: bool = False
+    corrupt: int = 0
+
+
+@dataclass
+class WriteReport:
+    job: Job
+    vanished: bool = False
+    changed: bool = False
+    write_error: str | None = None
+    ok: int = 0
+    failed: int = 0
+    failed_modes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class Engine:
     settings: Settings
     plugins: list[AnalyzerPlugin]
@@ -391,16 +417,99 @@ class Engine:
             chunk = await chunks.get()
             if chunk is None:
                 return
-            for cand in chunk:
-                if self.stop.is_set():
-                    break  # drain: keep reading until the sentinel
-                try:
-                    await self._prepare(cand)
-                except (asyncio.CancelledError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # one image never stops the run
-                    log.error("%r: unexpected error while preparing: %s", cand.rel, exc, exc_info=True)
-                    self.stats.unreadable += 1
+            if self.stop.is_set():
+                continue  # drain: keep reading until the sentinel
+            for prepared in await self._in_thread(self._prepare_many, chunk):
+                await self._dispatch(prepared)
+
+    def _prepare_many(self, chunk: list[Candidate]) -> list[Prepared]:
+        """Read stale sidecars and hash images for a chunk of candidates, in one thread hop."""
+        out = []
+        for cand in chunk:
+            if self.stop.is_set():  # a plain flag read: safe from a worker thread
+                break
+            try:
+                out.append(self._prepare_sync(cand))
+            except Exception as exc:  # one image never stops the run
+                log.error("%r: unexpected error while preparing: %s", cand.rel, exc, exc_info=True)
+                out.append(Prepared(cand, {}, state="unreadable"))
+        return out
+
+    def _prepare_sync(self, cand: Candidate) -> Prepared:
+        prepared = Prepared(cand, {})
+        infos: list[dict[str, Any]] = []
+        for pname, known in cand.known.items():
+            if isinstance(known, _NeedsRead):
+                row, info, corrupt = self._load_sidecar(cand, pname)
+                prepared.rows[pname] = row
+                prepared.corrupt += corrupt
+                if info:
+                    infos.append(info)
+            else:
+                prepared.rows[pname] = known
+        image_hash = cand.known_hash or next(
+            (i["hash"] for i in infos if i.get("hash") and (i.get("size"), i.get("mtime_ns")) == cand.stat), None
+        )
+        if image_hash is None:
+            if self.action != "run":  # status and wildcards never read images
+                prepared.state = "unhashed"
+                return prepared
+            image_hash = self._hash_sync(prepared)
+            if image_hash is None:
+                return prepared
+        if image_hash != cand.known_hash:
+            cand.ctx.index.put_image(cand.rel_dir, cand.name, cand.stat, image_hash)
+        prepared.image_hash = image_hash
+        for pname, row in prepared.rows.items():
+            if row is not None and row.hash != image_hash:
+                prepared.changed = True
+                log.info("%r changed since its %s analysis: analysing it again", cand.rel, pname)
+                prepared.rows[pname] = None
+        return prepared
+
+    def _hash_sync(self, prepared: Prepared) -> str | None:
+        cand = prepared.cand
+        try:
+            image_hash, size, mtime_ns = hash_file(cand.path)
+        except FileNotFoundError:
+            prepared.state = "vanished"
+            log.warning("%r vanished before it could be analysed", cand.rel)
+            return None
+        except FileChangedError:
+            prepared.state = "busy"
+            log.warning("%r is still being written; skipped, it will be analysed on a later run", cand.rel)
+            return None
+        except OSError as exc:
+            prepared.state = "unreadable"
+            reason = exc.strerror or str(exc)
+            prepared.failure = Failure(type(exc).__name__, f"cannot read the image: {reason}", retryable=True)
+            log.error("%r: cannot read the image: %s", cand.rel, reason)
+            return None
+        prepared.hashed, prepared.hashed_bytes = True, size
+        cand.stat = (size, mtime_ns)
+        return image_hash
+
+    async def _dispatch(self, prepared: Prepared) -> None:
+        """Count what preparing found, then plan the image's work (on the event loop)."""
+        stats = self.stats
+        stats.corrupt_sidecars += prepared.corrupt
+        stats.changed += prepared.changed
+        stats.hashed += prepared.hashed
+        stats.hashed_bytes += prepared.hashed_bytes
+        if prepared.state == "vanished":
+            stats.vanished += 1
+        elif prepared.state == "unreadable":
+            stats.unreadable += 1
+            if prepared.failure is not None:
+                await self._record_unreadable(prepared.cand, prepared.failure)
+        elif prepared.state == "unhashed":
+            stats.changed += any(prepared.rows.values())
+            for plan in self.plans.values():
+                plan.tally(None, self.counts)
+        elif prepared.state == "ok" and prepared.image_hash is not None:
+            cand = prepared.cand
+            image = ImageRef(cand.path, cand.rel, prepared.image_hash, cand.stat[0], cand.stat[1])
+            await self._plan(cand, prepared.rows, image)
 
     def _row_from_doc(self, doc: dict[str, Any], stat: Stat, plugin: AnalyzerPlugin) -> SidecarRow:
         retry, failed = failed_keys(doc)
@@ -420,69 +529,32 @@ class Engine:
             json.dumps(wild, ensure_ascii=False) if wild else None,
         )
 
-    def _load_sidecar(self, cand: Candidate, pname: str) -> tuple[SidecarRow | None, dict[str, Any] | None]:
-        """Read a sidecar the index does not know; quarantine it when corrupt."""
+    def _load_sidecar(self, cand: Candidate, pname: str) -> tuple[SidecarRow | None, dict[str, Any] | None, bool]:
+        """Read a sidecar the index does not know; quarantine it when corrupt (blocking).
+
+        Returns the sidecar's digest, its ``file_info`` and whether it was corrupt.
+        """
         path = cand.ctx.layout.sidecar_path(cand.rel, pname)
         try:
             doc = read_sidecar(path)
         except CorruptSidecar as exc:
-            self.stats.corrupt_sidecars += 1
             if self.dry_run or self.action == "status":
                 log.warning("corrupt sidecar %s (%s); a run would move it aside and redo it", path, exc)
             else:
                 moved = quarantine(path)
                 log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
             cand.ctx.index.delete_sidecar(cand.rel_dir, cand.name, pname)
-            return None, None
+            return None, None, True
         except OSError as exc:
             log.error("cannot read sidecar %s: %s", path, exc.strerror)
-            return None, None
+            return None, None, False
         if doc is None:
-            return None, None
+            return None, None, False
         st = os.stat(path)
         row = self._row_from_doc(doc, (st.st_size, st.st_mtime_ns), self.by_name[pname])
         cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, pname, row.stat, row)
         self.dirty = True
-        return row, doc.get("file_info")
-
-    async def _prepare(self, cand: Candidate) -> None:
-        rows, infos = await self._read_rows(cand)
-        image_hash = cand.known_hash or next(
-            (i["hash"] for i in infos if i.get("hash") and (i.get("size"), i.get("mtime_ns")) == cand.stat), None
-        )
-        if image_hash is None:
-            if self.action != "run":  # status and wildcards never read images
-                self.stats.changed += any(rows.values())
-                for plan in self.plans.values():
-                    plan.tally(None, self.counts)
-                return
-            image_hash = await self._hash(cand)
-            if image_hash is None:
-                return
-        if image_hash != cand.known_hash:
-            cand.ctx.index.put_image(cand.rel_dir, cand.name, cand.stat, image_hash)
-        changed = False
-        for pname, row in rows.items():
-            if row is not None and row.hash != image_hash:
-                changed = True
-                log.info("%r changed since its %s analysis: analysing it again", cand.rel, pname)
-                rows[pname] = None
-        self.stats.changed += changed
-        await self._plan(cand, rows, ImageRef(cand.path, cand.rel, image_hash, cand.stat[0], cand.stat[1]))
-
-    async def _read_rows(self, cand: Candidate) -> tuple[dict[str, SidecarRow | None], list[dict[str, Any]]]:
-        """Each plugin's sidecar digest (reading the sidecars the index does not know)."""
-        rows: dict[str, SidecarRow | None] = {}
-        infos: list[dict[str, Any]] = []
-        for pname, known in cand.known.items():
-            if isinstance(known, _NeedsRead):
-                row, info = await self._in_thread(self._load_sidecar, cand, pname)
-                rows[pname] = row
-                if info:
-                    infos.append(info)
-            else:
-                rows[pname] = known
-        return rows, infos
+        return row, doc.get("file_info"), False
 
     async def _plan(self, cand: Candidate, rows: dict[str, SidecarRow | None], image: ImageRef) -> None:
         for pname, plan in self.plans.items():
@@ -498,37 +570,16 @@ class Engine:
                 continue
             await self._runner(pname).submit(Job(cand, pname, missing, image))
 
-    async def _hash(self, cand: Candidate) -> str | None:
-        try:
-            image_hash, size, mtime_ns = await self._in_thread(hash_file, cand.path)
-        except FileNotFoundError:
-            self.stats.vanished += 1
-            log.warning("%r vanished before it could be analysed", cand.rel)
-            return None
-        except FileChangedError:
-            log.warning("%r is still being written; skipped, it will be analysed on a later run", cand.rel)
-            return None
-        except OSError as exc:
-            self.stats.unreadable += 1
-            failure = Failure(type(exc).__name__, f"cannot read the image: {exc.strerror or exc}", retryable=True)
-            log.error("%r: cannot read the image: %s", cand.rel, exc.strerror or exc)
-            await self._record_unreadable(cand, failure)
-            return None
-        self.stats.hashed += 1
-        self.stats.hashed_bytes += size
-        if (size, mtime_ns) != cand.stat:
-            cand.stat = (size, mtime_ns)
-        return image_hash
-
     async def _record_unreadable(self, cand: Candidate, failure: Failure) -> None:
         if self.dry_run:
             return
         image = ImageRef(cand.path, cand.rel, "", cand.stat[0], cand.stat[1])
-        for pname, plan in self.plans.items():
-            modes = [mode for mode, _ in plan.items]
-            if modes:
-                job = Job(cand, pname, modes, image)
-                await self.write(job, {m: (failure, 0.0) for m in modes}, count=False)
+        items: list[tuple[Job, dict[str, tuple[Outcome, float]]]] = [
+            (Job(cand, pname, [m for m, _ in plan.items], image), {m: (failure, 0.0) for m, _ in plan.items})
+            for pname, plan in self.plans.items()
+            if plan.items
+        ]
+        await self.write_batch(items, count=False)
 
     def _runner(self, pname: str) -> PluginRunner:
         runner = self.runners.get(pname)
@@ -541,7 +592,7 @@ class Engine:
             await runner.close()
 
     # -- writing -----------------------------------------------------------------------
-    def _write_sync(self, job: Job, results: Entries, errors: Entries) -> None:
+    def _write_sync(self, job: Job, results: Entries, errors: Entries, created_ns: int | None) -> None:
         cand = job.cand
         plugin = self.by_name[job.plugin]
         path = cand.ctx.layout.sidecar_path(cand.rel, job.plugin)
@@ -562,59 +613,77 @@ class Engine:
                 hash_=job.image.hash or None,
                 size=cand.stat[0],
                 mtime_ns=cand.stat[1],
-                created_ns=_created_ns(cand.path),
+                created_ns=created_ns,
             )
         merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
-        atomic_write_text(path, dumps(doc))
-        st = os.stat(path)
-        row = self._row_from_doc(doc, (st.st_size, st.st_mtime_ns), plugin)
+        row = self._row_from_doc(doc, atomic_write_text(path, dumps(doc)), plugin)
         cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, job.plugin, row.stat, row)
         self.dirty = True
 
-    async def write(self, job: Job, outcomes: dict[str, tuple[Outcome, float]], *, count: bool = True) -> None:
-        """Merge a job's outcomes into its sidecar (atomically) and count them."""
+    def _write_one(self, job: Job, outcomes: dict[str, tuple[Outcome, float]]) -> WriteReport:
+        """Check the image is unchanged, then merge the outcomes into its sidecar (blocking)."""
         plugin = self.by_name[job.plugin]
-        rel = job.cand.rel
+        report = WriteReport(job)
+        created_ns = None
         if job.image.hash:
             try:
-                st = await self._in_thread(os.stat, job.cand.path)
+                st = os.stat(job.cand.path)
             except FileNotFoundError:
-                self.stats.vanished += 1
-                self.stats.plugin(job.plugin).planned -= len(outcomes)
-                log.warning("%r vanished while it was analysed; no sidecar written", rel)
-                return
+                report.vanished = True
+                return report
+            created_ns = _created_ns(st)
             if (st.st_size, st.st_mtime_ns) != job.cand.stat:
-                log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
+                report.changed = True
                 changed = Failure("FileChanged", "the file changed while it was analysed", retryable=True)
                 outcomes = {mode: (changed, 0.0) for mode in outcomes}
-        results, errors, failed_modes = _sidecar_entries(plugin, outcomes)
-        for (kind, message), modes in failed_modes.items():
-            log.error(
-                "%r: %s failed (%s): %s: %s",
-                rel,
-                job.plugin,
-                ", ".join(modes),
-                kind,
-                message,
-                extra={"image": rel, "plugin": job.plugin, "mode": modes, "error_type": kind},
-            )
+        results, errors, report.failed_modes = _sidecar_entries(plugin, outcomes)
+        report.ok, report.failed = len(results), len(errors)
         try:
-            await asyncio.shield(self._in_thread(self._write_sync, job, results, errors))
+            self._write_sync(job, results, errors, created_ns)
         except OSError as exc:
-            self.stats.write_errors += 1
-            path = job.cand.ctx.layout.sidecar_path(rel, job.plugin)
-            log.error(
-                "%r: cannot write sidecar %s: %s; its results are lost for this run", rel, path, exc.strerror or exc
-            )
+            report.write_error = str(exc.strerror or exc)
+        return report
+
+    def _write_many(self, items: list[tuple[Job, dict[str, tuple[Outcome, float]]]]) -> list[WriteReport]:
+        return [self._write_one(job, outcomes) for job, outcomes in items]
+
+    async def write_batch(
+        self, items: list[tuple[Job, dict[str, tuple[Outcome, float]]]], *, count: bool = True
+    ) -> None:
+        """Merge each job's outcomes into its sidecar (atomically, in one thread hop) and count them."""
+        reports = await asyncio.shield(self._in_thread(self._write_many, items))
+        for report in reports:
+            job, rel = report.job, report.job.cand.rel
+            planned = len(job.modes)
+            if report.vanished:
+                self.stats.vanished += 1
+                self.stats.plugin(job.plugin).planned -= planned
+                log.warning("%r vanished while it was analysed; no sidecar written", rel)
+                continue
+            if report.changed:
+                log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
+            for (kind, message), modes in report.failed_modes.items():
+                log.error(
+                    "%r: %s failed (%s): %s: %s",
+                    rel,
+                    job.plugin,
+                    ", ".join(modes),
+                    kind,
+                    message,
+                    extra={"image": rel, "plugin": job.plugin, "mode": modes, "error_type": kind},
+                )
+            if report.write_error is not None:
+                self.stats.write_errors += 1
+                path = job.cand.ctx.layout.sidecar_path(rel, job.plugin)
+                log.error(
+                    "%r: cannot write sidecar %s: %s; its results are lost for this run", rel, path, report.write_error
+                )
+                report.ok, report.failed = 0, planned
             if count:
-                for _ in outcomes:
+                for _ in range(report.ok):
+                    self.stats.item_done(job.plugin, ok=True)
+                for _ in range(report.failed):
                     self.stats.item_done(job.plugin, ok=False)
-            return
-        if count:
-            for _ in results:
-                self.stats.item_done(job.plugin, ok=True)
-            for _ in errors:
-                self.stats.item_done(job.plugin, ok=False)
 
     # -- wildcards ---------------------------------------------------------------------
     def _refresh_wildcards(self, ctxs: list[RootContext]) -> None:
@@ -684,12 +753,8 @@ def _sidecar_entries(
     return results, errors, failed_modes
 
 
-def _created_ns(path: Path) -> int | None:
+def _created_ns(st: os.stat_result) -> int | None:
     """Birth time where the platform records it, else the inode change time."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
     birth = getattr(st, "st_birthtime_ns", None)
     return int(birth) if birth is not None else st.st_ctime_ns
 
@@ -808,5 +873,4 @@ class PluginRunner:
             seconds = (time.perf_counter() - started) / len(images)
             for i, out in zip(idx, outs, strict=True):
                 outcomes[i][mode] = (out, seconds)
-        for job, job_outcomes in zip(batch, outcomes, strict=True):
-            await self.engine.write(job, job_outcomes)
+        await self.engine.write_batch(list(zip(batch, outcomes, strict=True)))

@@ -22,9 +22,9 @@ disk: other modes and models are kept.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,21 +110,38 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+_counter = itertools.count()
+
+
+def atomic_write_text(path: Path, text: str) -> tuple[int, int]:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename.
+
+    Returns the written file's (size, mtime_ns). The temporary file is hidden (``.<name>.<pid>.<n>.tmp``)
+    and removed again if anything fails, so ``path`` holds the old content or the new, never a mix.
+    """
+    data = text.encode("utf-8")
+    tmp = path.with_name(f".{path.name[:64]}.{os.getpid()}.{next(_counter)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return st.st_size, st.st_mtime_ns
 
 
 def file_info(*, rel: str, hash_: str | None, size: int, mtime_ns: int, created_ns: int | None) -> dict[str, Any]:
