@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from . import __version__
 from .errors import AnalyzerError, ConfigError
+from .images import set_max_pixels
 from .logs import setup_logging
 from .progress import summary_lines
 from .registry import Unavailable, select_plugins
@@ -212,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rich_console=(args.command == "run" and settings.progress == "bar")
             or (args.command == "run" and settings.progress == "auto" and sys.stderr.isatty()),
         )
-        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+        set_max_pixels(settings.max_image_pixels)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"analyzer: error: {exc}", file=sys.stderr)

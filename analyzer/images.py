@@ -7,15 +7,24 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING
 
 from .errors import ImageError, ImageTooLarge
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Extensions (lower case, without the dot) that discovery treats as images.
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"})
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default: about 0.18 gigapixels
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    """The pixel count above which :func:`open_image` refuses an image (setting ``max_image_pixels``)."""
+    global _max_pixels
+    _max_pixels = limit
 
 
 @contextmanager
@@ -26,8 +35,11 @@ def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True
     and non-image files, and :class:`ImageTooLarge` for images over ``max_pixels``.
     ``OSError`` for a missing or unreadable file is passed through unchanged.
     """
+    from PIL import Image, UnidentifiedImageError  # imported on first use: warm runs never need it
+
     if max_pixels is None:
-        max_pixels = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+        max_pixels = _max_pixels
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above this and refuses above twice this
     if os.stat(path).st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .discovery import Stat
@@ -55,7 +56,9 @@ class ImageRow:
     sidecars: dict[str, SidecarRow] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=4096)
 def _keys(text: str | None) -> frozenset[str]:
+    """Most sidecars have the same done/failed keys: one shared frozenset per distinct text."""
     return frozenset(text.split("\n")) if text else frozenset()
 
 
@@ -112,14 +115,14 @@ class Index:
     def load_dir(self, rel_dir: str) -> dict[str, ImageRow]:
         rows: dict[str, ImageRow] = {}
         with self._lock:
-            for name, size, mtime_ns, hash_ in self._db.execute(
-                "SELECT name, size, mtime_ns, hash FROM images WHERE dir=?", (rel_dir,)
-            ):
+            images = self._db.execute("SELECT name, size, mtime_ns, hash FROM images WHERE dir=?", (rel_dir,))
+            for name, size, mtime_ns, hash_ in images:
                 rows[name] = ImageRow((size, mtime_ns), hash_)
-            for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed in self._db.execute(
+            sidecars = self._db.execute(
                 "SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed FROM sidecars WHERE dir=?",
                 (rel_dir,),
-            ):
+            )
+            for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed in sidecars:
                 row = rows.get(name)
                 if row is None:
                     row = rows[name] = ImageRow()

@@ -8,15 +8,18 @@ import sys
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _installed: list[logging.Handler] = []
 
 
 @lru_cache(maxsize=1)
 def console() -> Console:
+    from rich.console import Console  # imported only when a progress bar is shown
+
     return Console(stderr=True)
 
 

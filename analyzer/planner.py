@@ -31,6 +31,9 @@ class PluginPlan:
     force: bool = False
     retry_failed: bool = False
     keys: list[str] = field(init=False)
+    _memo: dict[tuple[frozenset[str], frozenset[str], frozenset[str]], tuple[str, ...]] = field(
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.keys = [item_key(mode, model) for mode, model in self.items]
@@ -46,6 +49,25 @@ class PluginPlan:
         """Modes to analyse for an image whose sidecar digest is ``row`` (None: no sidecar)."""
         if row is None or self.force:
             return [mode for mode, _ in self.items]
+        # The index shares one frozenset per distinct key text, so a warm run over 100k images
+        # asks this with a handful of distinct digests: remember the answers.
+        memo_key = (row.done, row.retry, row.failed)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = self._memo[memo_key] = self._missing(row)
+        return list(found)
+
+    def satisfied(self, row: SidecarRow | None) -> bool:
+        """True when nothing is missing: :meth:`missing` without building a list."""
+        if row is None or self.force:
+            return not self.items
+        memo_key = (row.done, row.retry, row.failed)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = self._memo[memo_key] = self._missing(row)
+        return not found
+
+    def _missing(self, row: SidecarRow) -> tuple[str, ...]:
         out = []
         for (mode, _), key in zip(self.items, self.keys, strict=True):
             if key in row.done:
@@ -53,7 +75,7 @@ class PluginPlan:
             if key in row.failed and not self.retry_failed:
                 continue
             out.append(mode)
-        return out
+        return tuple(out)
 
     def tally(self, row: SidecarRow | None, counts: Counter[tuple[str, str, str, str]]) -> None:
         """Count each item as done, failed or missing into ``counts[(plugin, mode, model, state)]``."""

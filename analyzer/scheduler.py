@@ -354,10 +354,8 @@ class Engine:
         rows = ctx.index.load_dir(listing.rel_dir)
         sc_files = self._sidecar_stats(ctx, listing)
         chunk: list[Candidate] = []
-        names: set[str] = set()
-        for name, stat in listing.images:
-            names.add(name)
-            self.stats.images += 1
+        self.stats.images += len(listing.images)
+        for name, stat in listing.images:  # the hot loop of a warm run
             row = rows.get(name)
             fresh = row is not None and row.stat == stat and row.hash is not None
             complete = fresh
@@ -372,10 +370,10 @@ class Engine:
                         ctx.index.delete_sidecar(listing.rel_dir, name, pname)
                         self.dirty = True
                     known[pname] = None
-                    complete = complete and not plan.missing(None)
+                    complete = complete and plan.satisfied(None)
                 elif srow is not None and srow.stat == st:
                     known[pname] = srow
-                    if (fresh and row is not None and srow.hash != row.hash) or plan.missing(srow):
+                    if (fresh and row is not None and srow.hash != row.hash) or not plan.satisfied(srow):
                         complete = False
                 else:
                     known[pname] = NEEDS_READ
@@ -405,7 +403,7 @@ class Engine:
                 chunk = []
         if chunk and not emit(chunk):
             return False
-        gone = [n for n in rows if n not in names]
+        gone = rows.keys() - {name for name, _ in listing.images}
         if gone:
             ctx.index.delete_names(listing.rel_dir, gone)
             self.dirty = True

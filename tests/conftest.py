@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from analyzer.cli import main
+from analyzer.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 DATA = Path(__file__).parent / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +37,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     yield
-    Image.MAX_IMAGE_PIXELS = 178_956_970
+    set_max_pixels(DEFAULT_MAX_PIXELS)
 
 
 def make_image(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analyzer.errors import ConfigError
-from analyzer.settings import load_settings
+from analyzer.settings import Settings, load_settings
 
 
 def test_defaults_are_sane():
@@ -87,3 +87,19 @@ def test_secret_looking_values_are_masked():
 
     masked = _mask({"llm": {"api_key": "sk-123", "providers": [{"token": "t"}], "model": "gpt"}})
     assert masked == {"llm": {"api_key": "**********", "providers": [{"token": "**********"}], "model": "gpt"}}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_env_example_lists_every_core_setting():
+    text = (REPO / ".env.example").read_text()
+    for name in Settings.model_fields:
+        if name != "plugin_options":
+            assert f"ANALYZER_{name.upper()}=" in text, name
+
+
+def test_the_shipped_example_config_is_valid(cli):
+    outcome = cli("config", "--config", REPO / "config" / "analyzer.toml")
+    assert outcome.code == 0, outcome.err
+    assert json.loads(outcome.out)["exclude"] == ["**/thumbnails/**"]

@@ -126,6 +126,9 @@ class MetadataPlugin(AnalyzerPlugin):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._shared: SharedWork[str, Parsed] = SharedWork(capacity=512)
+        self._versions: dict[str, str] = {}
+
+    async def setup(self) -> None:
         self._versions = {"pillow": dist_version("pillow"), "sd-parsers": dist_version("sd-parsers")}
 
     def model_id(self, mode: str) -> str:
