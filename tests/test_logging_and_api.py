@@ -1,0 +1,102 @@
+"""Logs a user sees (console, JSON file, heartbeat, progress) and the public Python surface."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+import analyzer
+from analyzer.scheduler import Candidate, Engine, RootContext
+from analyzer.settings import load_settings
+from analyzer.sidecar import Layout
+
+from conftest import make_image
+from fakes import EchoPlugin
+
+
+@pytest.fixture
+def echo() -> Iterator[type[EchoPlugin]]:
+    EchoPlugin.reset()
+    analyzer.register(EchoPlugin)
+    yield EchoPlugin
+    analyzer.unregister("echo")
+
+
+def test_the_public_surface():
+    assert set(analyzer.__all__) == {
+        "AnalyzerError",
+        "AnalyzerPlugin",
+        "ConfigError",
+        "Engine",
+        "Failure",
+        "ImageError",
+        "ImageRef",
+        "ImageTooLarge",
+        "Outcome",
+        "PluginOptions",
+        "PluginUnavailable",
+        "Result",
+        "Settings",
+        "SharedWork",
+        "__version__",
+        "load_settings",
+        "register",
+        "unregister",
+    }
+    for name in analyzer.__all__:
+        assert getattr(analyzer, name) is not None
+
+
+def test_json_log_file_has_one_object_per_line(cli, tmp_path):
+    root = tmp_path / "imgs"
+    make_image(root / "ok.png")
+    (root / "bad.png").write_bytes(b"nope")
+    log_file = tmp_path / "logs" / "run.jsonl"
+
+    cli("run", root, "--log-file", log_file)
+
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    errors = [r for r in records if r["level"] == "ERROR"]
+    assert errors and errors[0]["image"] == "bad.png" and errors[0]["plugin"] == "metadata"
+    assert errors[0]["error_type"] == "ImageError"
+    assert any("1 hashed" in r["message"] or "2 hashed" in r["message"] for r in records)
+
+
+def test_heartbeat_lines_report_progress_and_memory(cli, tmp_path, echo, monkeypatch):
+    root = tmp_path / "imgs"
+    for i in range(6):
+        make_image(root / f"{i}.png", color=(i, 1, 1))
+    monkeypatch.setenv("ANALYZER_HEARTBEAT_INTERVAL", "0.5")
+    monkeypatch.setenv("ANALYZER_ECHO__DELAY", "0.4")
+    monkeypatch.setenv("ANALYZER_ECHO__BATCH_SIZE", "1")
+    monkeypatch.setenv("ANALYZER_ECHO__CONCURRENCY", "1")
+
+    outcome = cli("run", root, "--plugins", "echo", "--modes", "name")
+
+    beats = [line for line in outcome.log.splitlines() if "heartbeat:" in line]
+    assert beats, outcome.log
+    assert "images=6" in beats[-1] and "rss=" in beats[-1] and "rate=" in beats[-1]
+
+
+def test_a_progress_bar_can_be_forced(tmp_path, capsys):
+    from analyzer.cli import main
+
+    root = tmp_path / "imgs"
+    make_image(root / "a.png")
+
+    assert main(["run", str(root), "--progress", "bar"]) == 0
+    assert "1 images" in capsys.readouterr().err
+
+
+def test_an_image_vanishing_before_it_is_hashed_is_skipped(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    engine = Engine(load_settings(), [EchoPlugin()])
+    ctx = RootContext(root, Layout(root), analyzer.scheduler.Index(None))
+    cand = Candidate(ctx, "", "gone.png", root / "gone.png", (1, 1), None, {"echo": None}, {"echo": None})
+
+    prepared = engine._prepare_sync(cand)
+
+    assert prepared.state == "vanished" and prepared.image_hash is None
