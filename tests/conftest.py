@@ -78,6 +78,19 @@ def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
 
 
 @pytest.fixture
+def echo() -> Iterator[type[Any]]:
+    """The EchoPlugin test plugin, registered for one test."""
+    import analyzer
+
+    from fakes import EchoPlugin
+
+    EchoPlugin.reset()
+    analyzer.register(EchoPlugin)
+    yield EchoPlugin
+    analyzer.unregister("echo")
+
+
+@pytest.fixture
 def sd_images(tmp_path: Path) -> Path:
     """A folder holding the real Stable Diffusion sample images."""
     root = tmp_path / "images"

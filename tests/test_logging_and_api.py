@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 import analyzer
 from analyzer.scheduler import Candidate, Engine, RootContext
@@ -14,14 +11,6 @@ from analyzer.sidecar import Layout
 
 from conftest import make_image
 from fakes import EchoPlugin
-
-
-@pytest.fixture
-def echo() -> Iterator[type[EchoPlugin]]:
-    EchoPlugin.reset()
-    analyzer.register(EchoPlugin)
-    yield EchoPlugin
-    analyzer.unregister("echo")
 
 
 def test_the_public_surface():

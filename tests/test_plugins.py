@@ -12,15 +12,7 @@ import analyzer
 from analyzer.plugin import SharedWork
 
 from conftest import make_image, sidecar
-from fakes import BrokenSetupPlugin, EchoPlugin, FlakyPlugin, NeedsMissingModule
-
-
-@pytest.fixture
-def echo() -> Iterator[type[EchoPlugin]]:
-    EchoPlugin.reset()
-    analyzer.register(EchoPlugin)
-    yield EchoPlugin
-    analyzer.unregister("echo")
+from fakes import BrokenSetupPlugin, FlakyPlugin, NeedsMissingModule
 
 
 @pytest.fixture
