@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANALYZER_EXTRAS="${ANALYZER_EXTRAS:-dev}" scripts/setup.sh
-exec .venv/bin/analyzer run examples "$@"
+exec .venv/bin/analyzer run examples --plugins metadata "$@"

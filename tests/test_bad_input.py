@@ -226,7 +226,7 @@ def _drop_dac_capabilities() -> None:
 
 def run_without_privileges(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYZER_")}
-    env["ANALYZER_PROGRESS"] = "plain"
+    env.update(ANALYZER_PROGRESS="plain", ANALYZER_CLIP__ENABLED="false")
     preexec = _drop_dac_capabilities if os.geteuid() == 0 else None
     return subprocess.run(
         [sys.executable, "-m", "analyzer", *args],
