@@ -36,7 +36,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tiny-labels", action="store_true", help="3,000 generated labels instead of the shipped lists")
+    parser.add_argument("--tiny-labels", action="store_true", help="3,000 generated labels, not the shipped lists")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "analyzer" / "bench-clip")
     parser.add_argument("--work", type=Path, default=Path("/tmp/analyzer-bench-clip"))
     args = parser.parse_args()
@@ -51,8 +51,15 @@ def main() -> int:
     from analyzer_clip.testing import tiny_label_data, tiny_models
 
     models = tiny_models(args.work / "models")
-    config = Config(clip_model_name=models.clip_model_name, caption_model_name="blip-large", device="cpu",
-                    download_cache=False, cache_path=str(args.cache_dir), quiet=True, caption_max_length=16)
+    config = Config(
+        clip_model_name=models.clip_model_name,
+        caption_model_name="blip-large",
+        device="cpu",
+        download_cache=False,
+        cache_path=str(args.cache_dir),
+        quiet=True,
+        caption_max_length=16,
+    )
     if args.tiny_labels:
         config.data_path = str(tiny_label_data(args.work / "labels", flavors=3000))
     config.clip_model, config.clip_preprocess = models.clip_model, models.clip_preprocess
@@ -60,17 +67,26 @@ def main() -> int:
     started = time.perf_counter()
     ci = Interrogator(config)
     labels = sum(len(getattr(ci, t).labels) for t in ("artists", "flavors", "mediums", "movements", "trendings"))
-    print(f"clip benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.images} images; "
-          f"{labels} labels (tables ready in {time.perf_counter() - started:.1f}s, cached in {args.cache_dir})")
+    print(
+        f"clip benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.images} images; "
+        f"{labels} labels (tables ready in {time.perf_counter() - started:.1f}s, cached in {args.cache_dir})"
+    )
 
-    images = [Image.fromarray((np.random.RandomState(i).rand(64 + i, 80, 3) * 255).astype("uint8"))
-              for i in range(args.images)]
+    images = [
+        Image.fromarray((np.random.RandomState(i).rand(64 + i, 80, 3) * 255).astype("uint8"))
+        for i in range(args.images)
+    ]
 
     # clip-interrogator, one method per image and mode, each timed
     theirs: dict[str, list[str]] = defaultdict(list)
     their_time: dict[str, float] = defaultdict(float)
-    methods = {"caption": ci.generate_caption, "best": ci.interrogate, "fast": ci.interrogate_fast,
-               "classic": ci.interrogate_classic, "negative": ci.interrogate_negative}
+    methods = {
+        "caption": ci.generate_caption,
+        "best": ci.interrogate,
+        "fast": ci.interrogate_fast,
+        "classic": ci.interrogate_classic,
+        "negative": ci.interrogate_negative,
+    }
     for image in images:
         for mode, method in methods.items():
             t = time.perf_counter()
@@ -99,20 +115,28 @@ def main() -> int:
     all_modes = list(methods)
     all_s, got = ours(all_modes)
     base = sum(their_time.values())
-    print(f"all five modes: clip-interrogator {base:.1f}s, analyzer {all_s:.1f}s: {base / all_s:.1f}x faster "
-          f"(target >= 3x); {flips(got, all_modes)}")
+    print(
+        f"all five modes: clip-interrogator {base:.1f}s, analyzer {all_s:.1f}s: {base / all_s:.1f}x faster "
+        f"(target >= 3x); {flips(got, all_modes)}"
+    )
     for mode in ("best", "negative"):
         mode_s, got = ours([mode])
         # best also needs the caption it extends: clip-interrogator's interrogate() computes its own
-        print(f"{mode} alone: clip-interrogator {their_time[mode]:.1f}s, analyzer {mode_s:.1f}s: "
-              f"{their_time[mode] / mode_s:.1f}x faster (target >= 5x); {flips(got, [mode])}")
+        print(
+            f"{mode} alone: clip-interrogator {their_time[mode]:.1f}s, analyzer {mode_s:.1f}s: "
+            f"{their_time[mode] / mode_s:.1f}x faster (target >= 5x); {flips(got, [mode])}"
+        )
         exact_s, exact = ours([mode], prefix_cache=False)
-        print(f"  {mode} without the prefix cache: {exact_s:.1f}s ({their_time[mode] / exact_s:.1f}x); "
-              f"{flips(exact, [mode])}")
+        print(
+            f"  {mode} without the prefix cache: {exact_s:.1f}s ({their_time[mode] / exact_s:.1f}x); "
+            f"{flips(exact, [mode])}"
+        )
     for mode in ("fast", "classic"):
         mode_s, got = ours([mode])
-        print(f"{mode}: analyzer {len(images) / mode_s:.1f} images/s across batches of {args.batch_size} "
-              f"(clip-interrogator {len(images) / their_time[mode]:.1f} images/s); {flips(got, [mode])}")
+        print(
+            f"{mode}: analyzer {len(images) / mode_s:.1f} images/s across batches of {args.batch_size} "
+            f"(clip-interrogator {len(images) / their_time[mode]:.1f} images/s); {flips(got, [mode])}"
+        )
     return 0
 
 

@@ -15,10 +15,11 @@ pytest.importorskip("clip_interrogator", reason="the clip extra is not installed
 
 import numpy as np
 import torch
+from PIL import Image
+
 from analyzer_clip import ClipOptions, ClipPlugin
 from analyzer_clip.engine import FastInterrogator, PrefixTextEncoder, split_on_oom
 from analyzer_clip.testing import TinyModels, tiny_label_data, tiny_models
-from PIL import Image
 
 from conftest import make_image, sidecar
 
