@@ -141,7 +141,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             + "".join(f"; {k}: {v}" for k, v in sorted(planned.items()))
         )
         return 0
-    for line in summary_lines(stats):
+    for line in [*summary_lines(stats), *engine.summaries]:
         log.info(line)
     if stats.interrupted:
         return 128 + (engine.stop_signal or signal.SIGINT.value)

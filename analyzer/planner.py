@@ -31,7 +31,7 @@ class PluginPlan:
     force: bool = False
     retry_failed: bool = False
     keys: list[str] = field(init=False)
-    _memo: dict[tuple[frozenset[str], frozenset[str], frozenset[str]], tuple[str, ...]] = field(
+    _memo: dict[tuple[frozenset[str], frozenset[str], frozenset[str]], tuple[tuple[str, str], ...]] = field(
         init=False, default_factory=dict, repr=False
     )
 
@@ -43,12 +43,13 @@ class PluginPlan:
         cls, plugin: AnalyzerPlugin, *, modes: list[str] | None, force: bool, retry_failed: bool
     ) -> PluginPlan:
         chosen = [m for m in plugin.enabled_modes() if modes is None or m in modes]
-        return cls(plugin.name, [(m, plugin.model_id(m)) for m in chosen], force, retry_failed)
+        items = [(m, model) for m in chosen for model in plugin.model_ids(m)]
+        return cls(plugin.name, items, force, retry_failed)
 
-    def missing(self, row: SidecarRow | None) -> list[str]:
-        """Modes to analyse for an image whose sidecar digest is ``row`` (None: no sidecar)."""
+    def missing(self, row: SidecarRow | None) -> list[tuple[str, str]]:
+        """(mode, model id) items to analyse for an image whose sidecar digest is ``row`` (None: no sidecar)."""
         if row is None or self.force:
-            return [mode for mode, _ in self.items]
+            return list(self.items)
         # The index shares one frozenset per distinct key text, so a warm run over 100k images
         # asks this with a handful of distinct digests: remember the answers.
         memo_key = (row.done, row.retry, row.failed)
@@ -67,14 +68,14 @@ class PluginPlan:
             found = self._memo[memo_key] = self._missing(row)
         return not found
 
-    def _missing(self, row: SidecarRow) -> tuple[str, ...]:
+    def _missing(self, row: SidecarRow) -> tuple[tuple[str, str], ...]:
         out = []
-        for (mode, _), key in zip(self.items, self.keys, strict=True):
+        for item, key in zip(self.items, self.keys, strict=True):
             if key in row.done:
                 continue
             if key in row.failed and not self.retry_failed:
                 continue
-            out.append(mode)
+            out.append(item)
         return tuple(out)
 
     def tally(self, row: SidecarRow | None, counts: Counter[tuple[str, str, str, str]]) -> None:

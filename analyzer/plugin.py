@@ -121,11 +121,11 @@ class AnalyzerPlugin(ABC):
     name: ClassVar[str]
     """Unique name; used in sidecar names (``cat.png.<name>.json``) and wildcard files."""
     version: ClassVar[str] = "0"
-    modes: ClassVar[tuple[str, ...]]
-    """Every mode the plugin offers."""
+    modes: tuple[str, ...] = ()
+    """Every mode the plugin offers (a plugin may set its own per instance, from its options)."""
     default_modes: ClassVar[tuple[str, ...] | None] = None
     """Modes run when the user names none; ``None`` means all of :attr:`modes`."""
-    wildcard_modes: ClassVar[tuple[str, ...]] = ()
+    wildcard_modes: tuple[str, ...] = ()
     """Modes whose results are text worth a wildcard file (``<name>_<mode>.txt``)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """Importable modules the plugin needs at setup; checked before it is used."""
@@ -161,6 +161,14 @@ class AnalyzerPlugin(ABC):
         missing again, so include whatever changes the output.
         """
 
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        """Every model id ``mode`` is computed with; one per configured model (default: one).
+
+        A plugin answering one mode with several models (two LLM providers, say) returns them
+        all; the scheduler then calls :meth:`analyze_with` once per model.
+        """
+        return (self.model_id(mode),)
+
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models, open clients. Raise with a message saying what to install or fix."""
 
@@ -174,6 +182,18 @@ class AnalyzerPlugin(ABC):
         Blocking work (decoding, model inference) must not run on the event loop: use
         ``asyncio.to_thread`` or an executor.
         """
+
+    async def analyze_with(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        """Analyse with one of :meth:`model_ids`; plugins with one model per mode need not override it."""
+        return await self.analyze(mode, images)
+
+    def context_plugins(self) -> tuple[str, ...]:
+        """Plugins whose existing results this plugin reads from :attr:`ImageRef.context`."""
+        return ()
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the end-of-run summary (accounting, for instance)."""
+        return []
 
     def wildcard_entries(self, mode: str, value: Any) -> Iterable[str]:
         """Text entries a result contributes to the ``<name>_<mode>`` wildcard file."""

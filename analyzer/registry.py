@@ -116,7 +116,7 @@ def select_plugins(
             continue
         plugin = cls(options)
         for mode in plugin.enabled_modes():
-            if mode not in cls.modes:
-                raise ConfigError(f"plugin {name!r} has no mode {mode!r}; its modes: {', '.join(cls.modes)}")
+            if mode not in plugin.modes:
+                raise ConfigError(f"plugin {name!r} has no mode {mode!r}; its modes: {', '.join(plugin.modes)}")
         plugins.append(plugin)
     return plugins, unavailable

@@ -98,11 +98,16 @@ class Candidate:
         return f"{self.rel_dir}/{self.name}" if self.rel_dir else self.name
 
 
+Item = tuple[str, str]
+"""(mode, model id)"""
+Outcomes = dict[Item, tuple[Outcome, float]]
+
+
 @dataclass
 class Job:
     cand: Candidate
     plugin: str
-    modes: list[str]
+    items: list[Item]
     image: ImageRef
 
 
@@ -130,6 +135,7 @@ class WriteReport:
     ok: int = 0
     failed: int = 0
     failed_modes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """(error type, message) -> the modes that failed with it"""
 
 
 @dataclass
@@ -163,6 +169,7 @@ class Engine:
         self.runners: dict[str, PluginRunner] = {}
         self._io = concurrent.futures.ThreadPoolExecutor(self.settings.hash_workers, "analyzer-io")
         self._signals = 0
+        self.summaries: list[str] = []
         self.stop_signal: int | None = None
         self._changed_logged: set[tuple[str, str]] = set()
 
@@ -564,20 +571,41 @@ class Engine:
                 continue
             self.stats.plugin(pname).planned += len(missing)
             if self.dry_run:
-                self.plan_printer(f"{cand.ctx.root / cand.rel}\t{pname}\t{','.join(missing)}")
+                shown = [
+                    mode if len(self.by_name[pname].model_ids(mode)) == 1 else f"{mode}[{model}]"
+                    for mode, model in missing
+                ]
+                self.plan_printer(f"{cand.ctx.root / cand.rel}\t{pname}\t{','.join(shown)}")
                 continue
+            if self.by_name[pname].context_plugins():
+                image = await self._in_thread(self._with_context, cand, image, self.by_name[pname])
             await self._runner(pname).submit(Job(cand, pname, missing, image))
 
     async def _record_unreadable(self, cand: Candidate, failure: Failure) -> None:
         if self.dry_run:
             return
         image = ImageRef(cand.path, cand.rel, "", cand.stat[0], cand.stat[1])
-        items: list[tuple[Job, dict[str, tuple[Outcome, float]]]] = [
-            (Job(cand, pname, [m for m, _ in plan.items], image), {m: (failure, 0.0) for m, _ in plan.items})
+        items: list[tuple[Job, Outcomes]] = [
+            (Job(cand, pname, list(plan.items), image), {item: (failure, 0.0) for item in plan.items})
             for pname, plan in self.plans.items()
             if plan.items
         ]
         await self.write_batch(items, count=False)
+
+    def _with_context(self, cand: Candidate, image: ImageRef, plugin: AnalyzerPlugin) -> ImageRef:
+        """``image`` with the existing results of the plugins ``plugin`` reads (blocking)."""
+        context: dict[str, dict[str, Any]] = {}
+        for other in plugin.context_plugins():
+            try:
+                doc = read_sidecar(cand.ctx.layout.sidecar_path(cand.rel, other))
+            except (CorruptSidecar, OSError):
+                doc = None
+            if doc is None or doc["file_info"].get("hash") != image.hash:
+                continue
+            context[other] = {
+                mode: next(iter(by_model.values()))["result"] for mode, by_model in doc["analysis"].items() if by_model
+            }
+        return ImageRef(image.path, image.rel_path, image.hash, image.size, image.mtime_ns, context)
 
     def _runner(self, pname: str) -> PluginRunner:
         runner = self.runners.get(pname)
@@ -587,6 +615,8 @@ class Engine:
 
     async def _close_plugins(self) -> None:
         for runner in self.runners.values():
+            if runner.setup_error is None and runner.ready.done() and not runner.ready.cancelled():
+                self.summaries.extend(runner.plugin.summary_lines())
             await runner.close()
 
     # -- writing -----------------------------------------------------------------------
@@ -618,7 +648,7 @@ class Engine:
         cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, job.plugin, row.stat, row)
         self.dirty = True
 
-    def _write_one(self, job: Job, outcomes: dict[str, tuple[Outcome, float]]) -> WriteReport:
+    def _write_one(self, job: Job, outcomes: Outcomes) -> WriteReport:
         """Check the image is unchanged, then merge the outcomes into its sidecar (blocking)."""
         plugin = self.by_name[job.plugin]
         report = WriteReport(job)
@@ -633,7 +663,7 @@ class Engine:
             if (st.st_size, st.st_mtime_ns) != job.cand.stat:
                 report.changed = True
                 changed = Failure("FileChanged", "the file changed while it was analysed", retryable=True)
-                outcomes = {mode: (changed, 0.0) for mode in outcomes}
+                outcomes = {item: (changed, 0.0) for item in outcomes}
         results, errors, report.failed_modes = _sidecar_entries(plugin, outcomes)
         report.ok, report.failed = len(results), len(errors)
         try:
@@ -642,17 +672,15 @@ class Engine:
             report.write_error = str(exc.strerror or exc)
         return report
 
-    def _write_many(self, items: list[tuple[Job, dict[str, tuple[Outcome, float]]]]) -> list[WriteReport]:
+    def _write_many(self, items: list[tuple[Job, Outcomes]]) -> list[WriteReport]:
         return [self._write_one(job, outcomes) for job, outcomes in items]
 
-    async def write_batch(
-        self, items: list[tuple[Job, dict[str, tuple[Outcome, float]]]], *, count: bool = True
-    ) -> None:
+    async def write_batch(self, items: list[tuple[Job, Outcomes]], *, count: bool = True) -> None:
         """Merge each job's outcomes into its sidecar (atomically, in one thread hop) and count them."""
         reports = await asyncio.shield(self._in_thread(self._write_many, items))
         for report in reports:
             job, rel = report.job, report.job.cand.rel
-            planned = len(job.modes)
+            planned = len(job.items)
             if report.vanished:
                 self.stats.vanished += 1
                 self.stats.plugin(job.plugin).planned -= planned
@@ -715,14 +743,14 @@ Entries = list[tuple[str, str, dict[str, Any]]]
 
 
 def _sidecar_entries(
-    plugin: AnalyzerPlugin, outcomes: dict[str, tuple[Outcome, float]]
+    plugin: AnalyzerPlugin, outcomes: Outcomes
 ) -> tuple[Entries, Entries, dict[tuple[str, str], list[str]]]:
     """Sidecar entries (mode, model id, entry) for results and errors, and the failed modes by error."""
     results: Entries = []
     errors: Entries = []
     failed_modes: dict[tuple[str, str], list[str]] = {}
-    for mode, (outcome, seconds) in outcomes.items():
-        model = plugin.model_id(mode)
+    multi = {mode for (mode, _) in outcomes if len(plugin.model_ids(mode)) > 1}
+    for (mode, model), (outcome, seconds) in outcomes.items():
         if isinstance(outcome, Result):
             try:
                 json.dumps(outcome.value)
@@ -739,7 +767,9 @@ def _sidecar_entries(
                 entry["usage"] = outcome.usage
             results.append((mode, model, entry))
             continue
-        failed_modes.setdefault((outcome.type, outcome.message), []).append(mode)
+        failed_modes.setdefault((outcome.type, outcome.message), []).append(
+            f"{mode}[{model}]" if mode in multi else mode
+        )
         error = {
             "type": outcome.type,
             "message": outcome.message,
@@ -834,26 +864,29 @@ class PluginRunner:
                 continue
             if self.engine.stop.is_set():
                 for job in batch:  # not started: dropped, analysed on a later run
-                    stats.plugin(job.plugin).planned -= len(job.modes)
+                    stats.plugin(job.plugin).planned -= len(job.items)
                 continue
             if self.setup_error is not None:
                 for job in batch:
-                    for _ in job.modes:
+                    for _ in job.items:
                         stats.item_done(job.plugin, ok=False)
                 continue
             await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[Job]) -> None:
         plugin = self.plugin
-        outcomes: list[dict[str, tuple[Outcome, float]]] = [{} for _ in batch]
-        for mode in plugin.modes:
-            idx = [i for i, job in enumerate(batch) if mode in job.modes]
-            if not idx:
-                continue
+        outcomes: list[Outcomes] = [{} for _ in batch]
+        wanted = {item for job in batch for item in job.items}
+        # every item asked of the batch, mode by mode in the plugin's order, so work shared between
+        # modes of the same images is still cached when the next mode asks for it
+        ordered = [(m, model) for m in plugin.modes for model in plugin.model_ids(m) if (m, model) in wanted]
+        for item in ordered:
+            mode, model = item
+            idx = [i for i, job in enumerate(batch) if item in job.items]
             images = [batch[i].image for i in idx]
             started = time.perf_counter()
             try:
-                outs = list(await plugin.analyze(mode, images))
+                outs = list(await plugin.analyze_with(mode, model, images))
                 if len(outs) != len(images):
                     raise RuntimeError(f"plugin returned {len(outs)} outcomes for {len(images)} images")
             except asyncio.CancelledError:
@@ -870,5 +903,5 @@ class PluginRunner:
                 outs = [Failure.from_exception(exc)] * len(images)
             seconds = (time.perf_counter() - started) / len(images)
             for i, out in zip(idx, outs, strict=True):
-                outcomes[i][mode] = (out, seconds)
+                outcomes[i][item] = (out, seconds)
         await self.engine.write_batch(list(zip(batch, outcomes, strict=True)))
