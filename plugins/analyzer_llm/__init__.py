@@ -319,8 +319,9 @@ class LlmPlugin(AnalyzerPlugin):
     async def setup(self) -> None:
         for name, options in self.provider_options.items():
             key = options.api_key.get_secret_value() if options.api_key is not None else None
-            try:
-                provider = Provider(
+            try:  # importing an SDK takes about a second: not on the event loop
+                provider = await asyncio.to_thread(
+                    Provider,
                     name,
                     options.provider,
                     options.model or "",

@@ -1,4 +1,4 @@
-"""A small HTTP server on 127.0.0.1 speaking OpenAI chat completions and Anthropic messages.
+"""A small HTTP server on 127.0.0.1 speaking OpenAI chat completions and Anthropic messages (for tests and bench).
 
 Each request is answered by the next scripted :class:`Reply` (or the default), so a test can
 say: "the first call gets a 429 with retry-after: 1, then answer normally". Requests are

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Benchmark of the llm plugin's throughput against a loopback OpenAI-compatible server.
+
+A server in another process answers every chat completion after ``--delay`` seconds.
+``analyzer run --plugins llm --modes describe`` then analyses ``--images`` images with
+``--in-flight`` requests at once; the wall time is printed as a ratio to the ideal
+``images / in_flight * delay`` (target: at most 1.25x). Then the same again with one request in
+``--rate-limit-every`` answered ``429`` with ``retry-after: 1``: every image must complete, none may
+be lost, and no error may be stored as a result.
+
+    python bench/bench_llm.py                  # 200 images, 16 in flight, 200 ms per answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def serve(port_queue: Any, delay: float, every: int) -> None:
+    from analyzer_llm.testing import Reply, fake_provider
+
+    counter = itertools.count(1)
+    with fake_provider() as fake:
+        fake.answer = lambda body: (
+            Reply(status=429, headers={"retry-after": "1"})
+            if every and next(counter) % every == 0
+            else Reply(text="A synthetic description.", delay=delay)
+        )
+        port_queue.put(fake.base_url)
+        while True:
+            time.sleep(3600)
+
+
+def run(root: Path, base_url: str, in_flight: int) -> tuple[float, int]:
+    from analyzer.cli import main
+
+    os.environ.update(
+        OPENAI_API_KEY="sk-bench",
+        ANALYZER_LLM__BASE_URL=base_url + "/v1",
+        ANALYZER_LLM__PROVIDER="openai",
+        ANALYZER_LLM__REQUESTS_IN_FLIGHT=str(in_flight),
+        ANALYZER_LLM__MODEL="bench-model",
+        ANALYZER_PROGRESS="plain",
+        ANALYZER_LOG_LEVEL="WARNING",
+        ANALYZER_HEARTBEAT_INTERVAL="0",
+    )
+    started = time.perf_counter()
+    code = main(["run", str(root), "--plugins", "llm", "--modes", "describe"])
+    return time.perf_counter() - started, code
+
+
+def check(root: Path, images: int) -> str:
+    done = errors = bogus = 0
+    for path in root.glob("*.llm.json"):
+        doc = json.loads(path.read_text())
+        for entry in doc["analysis"].get("describe", {}).values():
+            done += 1
+            bogus += entry["result"] != "A synthetic description."
+        errors += len(doc["errors"].get("describe", {}))
+    return f"{done}/{images} completed, {errors} errors, {bogus} results that are not the model's answer"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--delay", type=float, default=0.2)
+    parser.add_argument("--rate-limit-every", type=int, default=5)
+    args = parser.parse_args()
+    from PIL import Image
+
+    ideal = args.images / args.in_flight * args.delay
+    print(
+        f"llm benchmark: {args.images} images, {args.in_flight} in flight, {args.delay * 1000:.0f} ms per answer; "
+        f"ideal {ideal:.2f}s"
+    )
+    for every, label in ((0, "all answered"), (args.rate_limit_every, f"1 in {args.rate_limit_every} gets 429")):
+        ports: Any = multiprocessing.Queue()
+        server = multiprocessing.Process(target=serve, args=(ports, args.delay, every), daemon=True)
+        server.start()
+        base_url = ports.get(timeout=30)
+        with tempfile.TemporaryDirectory(prefix="analyzer-bench-llm-") as folder:
+            root = Path(folder) / "imgs"
+            root.mkdir()
+            for i in range(args.images):
+                Image.new("RGB", (64, 48), (i % 256, 80, 160)).save(root / f"{i:04d}.png")
+            seconds, code = run(root, base_url, args.in_flight)
+            print(
+                f"{label}: {seconds:.2f}s = {seconds / ideal:.2f}x the ideal"
+                + (" (target <= 1.25x)" if not every else "")
+                + f"; exit {code}; {check(root, args.images)}"
+            )
+        server.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
