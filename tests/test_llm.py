@@ -16,10 +16,10 @@ import pytest
 pytest.importorskip("openai", reason="the llm extra is not installed")
 pytest.importorskip("anthropic", reason="the llm extra is not installed")
 
-from fake_llm import FakeProvider, Reply, fake_provider
 from PIL import Image
 
 from analyzer_llm import Budget
+from analyzer_llm.testing import FakeProvider, Reply, fake_provider
 
 from conftest import a1111_png, make_image, sidecar
 
@@ -331,3 +331,21 @@ def test_json_answers_round_trip_in_the_sidecar(cli, images, openai_env):
     cli("run", images, "--plugins", "llm", "--modes", "tags", "--include", "owl.jpg")
     raw = (images / "owl.jpg.llm.json").read_text()
     assert json.loads(raw)["analysis"]["tags"]
+
+
+def test_connection_errors_are_retried_then_recorded(cli, images, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port on loopback that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANALYZER_LLM__BASE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("ANALYZER_LLM__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("ANALYZER_LLM__BACKOFF_BASE", "0.01")
+
+    outcome = cli("run", images, "--plugins", "llm", "--modes", "describe", "--include", "owl.jpg")
+
+    assert outcome.code == 1
+    (error,) = sidecar(images / "owl.jpg", "llm")["errors"]["describe"].values()
+    assert error["type"] == "ConnectionError" and error["attempts"] == 2 and error["retryable"] is True

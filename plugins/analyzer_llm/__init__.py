@@ -252,6 +252,11 @@ class _Live:
     usage: Usage = field(default_factory=Usage)
 
 
+def _check_enabled(live: _Live) -> None:
+    if live.provider.disabled is not None:
+        raise ProviderError("ProviderDisabled", live.provider.disabled, retryable=False, worth_retrying_later=True)
+
+
 class LlmPlugin(AnalyzerPlugin):
     name = "llm"
     version = "1.0.0"
@@ -478,12 +483,10 @@ class LlmPlugin(AnalyzerPlugin):
         )
         async for attempt in retrying:
             with attempt:
-                if live.provider.disabled is not None:
-                    raise ProviderError(
-                        "ProviderDisabled", live.provider.disabled, retryable=False, worth_retrying_later=True
-                    )
+                _check_enabled(live)
                 await live.budget.acquire(estimate)
                 async with live.semaphore:
+                    _check_enabled(live)  # again: a 401 may have arrived while this request waited
                     live.usage.requests += 1
                     try:
                         completion = await live.provider.complete(request)
