@@ -180,9 +180,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{stats.images} images ({stats.changed} changed since last analysed)")
-    print(f"{'plugin':<12} {'mode':<12} {'model':<28} {'done':>8} {'failed':>8} {'missing':>8}")
-    for (plugin, mode, model), c in sorted(table.items()):
-        print(f"{plugin:<12} {mode:<12} {model:<28} {c['done']:>8} {c['failed']:>8} {c['missing']:>8}")
+    wide = [max([len(h), *(len(key[i]) for key in table)]) for i, h in enumerate(("plugin", "mode", "model"))]
+    rows = [(("plugin", "mode", "model"), ("done", "failed", "missing"))]
+    rows += [(key, (str(c["done"]), str(c["failed"]), str(c["missing"]))) for key, c in sorted(table.items())]
+    for names, counts in rows:
+        print(" ".join(n.ljust(w) for n, w in zip(names, wide, strict=True)), *(n.rjust(8) for n in counts))
     return 0
 
 

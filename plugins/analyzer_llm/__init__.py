@@ -173,8 +173,10 @@ def load_template(name: str, opts: PromptOptions, templates_dir: Path | None) ->
         providers=opts.providers,
     )
     if template.schema is not None:
-        import jsonschema
-
+        try:
+            import jsonschema
+        except ImportError:  # `analyzer status` without the extra: the schema is checked when it runs
+            return template
         try:
             jsonschema.Draft202012Validator.check_schema(template.schema)
         except jsonschema.SchemaError as exc:
