@@ -128,7 +128,7 @@ class ClipPlugin(AnalyzerPlugin):
             self.opts.chunk_size = 1024
             self.opts.flavor_intermediate_count = 1024
         self.engine: Any = None
-        self._shared: SharedWork[str, _Shared] = SharedWork(capacity=64)
+        self._shared: SharedWork[str, _Shared] = SharedWork(capacity=4 * self.batch_size)
         self._executor: ThreadPoolExecutor | None = None
         self._labels_tag = self._label_hash() if self.opts.data_path else ""
 
@@ -272,7 +272,7 @@ class ClipPlugin(AnalyzerPlugin):
 
     async def close(self) -> None:
         self.engine = None
-        self._shared = SharedWork(capacity=64)
+        self._shared = SharedWork(capacity=4 * self.batch_size)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -325,6 +325,9 @@ class ClipPlugin(AnalyzerPlugin):
                 )
                 for state, text in zip(todo, texts, strict=True):
                     state.caption = text
+        for state in usable:  # decoded pixels can be large: keep them only while something still needs them
+            if state.features is not None and state.caption is not None:
+                state.image = None
 
     def _analyze_sync(self, mode: str, images: list[ImageRef]) -> list[Outcome]:
         import torch
