@@ -26,18 +26,19 @@ from typing import Any
 
 
 def serve(port_queue: Any, delay: float, every: int) -> None:
-    from analyzer_llm.testing import Reply, fake_provider
+    """The loopback provider: an asyncio server, so its own latency stays out of the measurement."""
+    import asyncio
+
+    from analyzer_llm.testing import Reply, serve_fast
 
     counter = itertools.count(1)
-    with fake_provider() as fake:
-        fake.answer = lambda body: (
-            Reply(status=429, headers={"retry-after": "1"})
-            if every and next(counter) % every == 0
-            else Reply(text="A synthetic description.", delay=delay)
-        )
-        port_queue.put(fake.base_url)
-        while True:
-            time.sleep(3600)
+
+    def answer(path: str, body: dict[str, Any]) -> Reply:
+        if every and next(counter) % every == 0:
+            return Reply(status=429, headers={"retry-after": "1"})
+        return Reply(text="A synthetic description.", delay=delay)
+
+    asyncio.run(serve_fast("127.0.0.1", 0, answer, port_queue))
 
 
 def run(root: Path, base_url: str, in_flight: int) -> tuple[float, float, int]:

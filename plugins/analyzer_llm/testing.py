@@ -168,3 +168,51 @@ def fake_provider() -> Iterator[FakeProvider]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def serve_fast(host: str, port: int, answer: Callable[[str, dict[str, Any]], Reply], ready: Any = None) -> None:
+    """A lean asyncio HTTP/1.1 server (keep-alive) for benchmarks, where a thread per connection
+    would add its own latency to what is measured. Same wire formats as :func:`fake_provider`."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                length = next(
+                    (
+                        int(v)
+                        for k, _, v in (line.partition(":") for line in lines[1:])
+                        if k.strip().lower() == "content-length"
+                    ),
+                    0,
+                )
+                body = json.loads(await reader.readexactly(length) or b"{}")
+                reply = answer(path, body)
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                if reply.status != 200:
+                    payload = json.dumps(_error_body(path, reply.status)).encode()
+                elif path.endswith("/messages"):
+                    payload = json.dumps(_anthropic_body(reply, body)).encode()
+                else:
+                    payload = json.dumps(_openai_body(reply, body)).encode()
+                extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+                writer.write(
+                    f"HTTP/1.1 {reply.status} X\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+                    f"{extra}\r\n".encode()
+                    + payload
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    if ready is not None:
+        ready.put(f"http://{host}:{server.sockets[0].getsockname()[1]}")
+    async with server:
+        await server.serve_forever()
