@@ -28,8 +28,8 @@ def set_max_pixels(limit: int) -> None:
 
 
 @contextmanager
-def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True) -> Iterator[Image.Image]:
-    """Open ``path``, refuse decompression bombs, and (with ``decode``) decode every pixel.
+def open_image(path: Path, *, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Open ``path``, refuse decompression bombs, and decode every pixel.
 
     Raises :class:`ImageError` with a plain-language message for empty, truncated, corrupt
     and non-image files, and :class:`ImageTooLarge` for images over ``max_pixels``.
@@ -63,15 +63,14 @@ def open_image(path: Path, *, max_pixels: int | None = None, decode: bool = True
                 f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
                 f"{max_pixels} (setting max_image_pixels); it may be a decompression bomb"
             )
-        if decode:
-            try:
-                image.load()
-            except OSError as exc:
-                if exc.errno is not None:
-                    raise
-                raise ImageError(f"cannot decode image: {exc}") from exc
-            except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-                raise ImageError(f"cannot decode image: {exc}") from exc
+        try:
+            image.load()
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise ImageError(f"cannot decode image: {exc}") from exc
+        except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"cannot decode image: {exc}") from exc
         yield image
 
 

@@ -95,23 +95,6 @@ class RunStats:
     def pending(self) -> int:
         return sum(p.planned - p.done - p.failed for p in self.plugins.values())
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "up_to_date": self.up_to_date,
-            "hashed": self.hashed,
-            "changed": self.changed,
-            "vanished": self.vanished,
-            "unreadable": self.unreadable,
-            "corrupt_sidecars": self.corrupt_sidecars,
-            "write_errors": self.write_errors,
-            "items_done": self.done,
-            "items_failed": self.failed,
-            "interrupted": self.interrupted,
-            "seconds": round(time.monotonic() - self.started, 3),
-            "plugins": {k: {"planned": v.planned, "done": v.done, "failed": v.failed} for k, v in self.plugins.items()},
-        }
-
 
 def _eta(stats: PluginStats, now: float) -> str:
     rate = stats.rate(now)

@@ -171,7 +171,6 @@ class Engine:
         self._signals = 0
         self.summaries: list[str] = []
         self.stop_signal: int | None = None
-        self._changed_logged: set[tuple[str, str]] = set()
 
     # -- public ------------------------------------------------------------------------
     async def run(self, paths: list[Path]) -> RunStats:
