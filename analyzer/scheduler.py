@@ -131,6 +131,7 @@ class WriteReport:
     job: Job
     vanished: bool = False
     changed: bool = False
+    corrupt: bool = False
     write_error: str | None = None
     ok: int = 0
     failed: int = 0
@@ -533,6 +534,21 @@ class Engine:
             json.dumps(wild, ensure_ascii=False) if wild else None,
         )
 
+    def _read_or_set_aside(self, path: Path) -> tuple[dict[str, Any] | None, bool]:
+        """The sidecar at ``path`` (None if there is none) and whether it was corrupt (blocking).
+
+        A corrupt sidecar is reported and, unless this is a dry run or ``status``, moved aside.
+        """
+        try:
+            return read_sidecar(path), False
+        except CorruptSidecar as exc:
+            if self.dry_run or self.action == "status":
+                log.warning("corrupt sidecar %s (%s); a run would move it aside and redo it", path, exc)
+            else:
+                moved = quarantine(path)
+                log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
+            return None, True
+
     def _load_sidecar(self, cand: Candidate, pname: str) -> tuple[SidecarRow | None, dict[str, Any] | None, bool]:
         """Read a sidecar the index does not know; quarantine it when corrupt (blocking).
 
@@ -540,18 +556,13 @@ class Engine:
         """
         path = cand.ctx.layout.sidecar_path(cand.rel, pname)
         try:
-            doc = read_sidecar(path)
-        except CorruptSidecar as exc:
-            if self.dry_run or self.action == "status":
-                log.warning("corrupt sidecar %s (%s); a run would move it aside and redo it", path, exc)
-            else:
-                moved = quarantine(path)
-                log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
-            cand.ctx.index.delete_sidecar(cand.rel_dir, cand.name, pname)
-            return None, None, True
+            doc, corrupt = self._read_or_set_aside(path)
         except OSError as exc:
             log.error("cannot read sidecar %s: %s", path, exc.strerror)
             return None, None, False
+        if corrupt:
+            cand.ctx.index.delete_sidecar(cand.rel_dir, cand.name, pname)
+            return None, None, True
         if doc is None:
             return None, None, False
         st = os.stat(path)
@@ -619,17 +630,12 @@ class Engine:
             await runner.close()
 
     # -- writing -----------------------------------------------------------------------
-    def _write_sync(self, job: Job, results: Entries, errors: Entries, created_ns: int | None) -> None:
+    def _write_sync(self, job: Job, results: Entries, errors: Entries, created_ns: int | None) -> bool:
+        """Merge into the sidecar and write it atomically; True if a corrupt one was set aside first."""
         cand = job.cand
         plugin = self.by_name[job.plugin]
         path = cand.ctx.layout.sidecar_path(cand.rel, job.plugin)
-        try:
-            doc = read_sidecar(path)
-        except CorruptSidecar as exc:
-            moved = quarantine(path)
-            self.stats.corrupt_sidecars += 1
-            log.warning("corrupt sidecar moved aside to %s (%s)", moved, exc)
-            doc = None
+        doc, corrupt = self._read_or_set_aside(path)
         if doc is not None and not job.image.hash:
             info = doc["file_info"]  # unreadable now: keep what was known, add the errors
         else:
@@ -646,6 +652,7 @@ class Engine:
         row = self._row_from_doc(doc, atomic_write_text(path, dumps(doc)), plugin)
         cand.ctx.index.put_sidecar(cand.rel_dir, cand.name, job.plugin, row.stat, row)
         self.dirty = True
+        return corrupt
 
     def _write_one(self, job: Job, outcomes: Outcomes) -> WriteReport:
         """Check the image is unchanged, then merge the outcomes into its sidecar (blocking)."""
@@ -666,7 +673,7 @@ class Engine:
         results, errors, report.failed_modes = _sidecar_entries(plugin, outcomes)
         report.ok, report.failed = len(results), len(errors)
         try:
-            self._write_sync(job, results, errors, created_ns)
+            report.corrupt = self._write_sync(job, results, errors, created_ns)
         except OSError as exc:
             report.write_error = str(exc.strerror or exc)
         return report
@@ -685,6 +692,7 @@ class Engine:
                 self.stats.plugin(job.plugin).planned -= planned
                 log.warning("%r vanished while it was analysed; no sidecar written", rel)
                 continue
+            self.stats.corrupt_sidecars += report.corrupt
             if report.changed:
                 log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
             for (kind, message), modes in report.failed_modes.items():
