@@ -349,3 +349,32 @@ def test_connection_errors_are_retried_then_recorded(cli, images, monkeypatch):
     assert outcome.code == 1
     (error,) = sidecar(images / "owl.jpg", "llm")["errors"]["describe"].values()
     assert error["type"] == "ConnectionError" and error["attempts"] == 2 and error["retryable"] is True
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-compatible"])
+async def test_openai_requests_are_what_the_sdks_create_method_sends(fake, kind):
+    """The plugin posts through the SDK's client.post to skip create()'s slow param walk: same JSON, same headers."""
+    from analyzer_llm.providers import Provider, Request
+
+    provider = Provider("p", kind, "gpt-test", api_key=KEY, base_url=fake.base_url + "/v1", timeout=10)
+    request = Request("Be brief.", "Describe it.", "aGVsbG8=", "image/png", 77, 0.3, json_output=True)
+    completion = await provider.complete(request)
+    limit = "max_completion_tokens" if kind == "openai" else "max_tokens"
+    await provider.client.chat.completions.create(
+        model="gpt-test",
+        messages=fake.seen[0].body["messages"],
+        temperature=0.3,
+        response_format={"type": "json_object"},
+        **{limit: 77},
+    )
+    await provider.close()
+
+    ours, theirs = fake.seen
+    assert completion.text == "A red fox stands in fresh snow." and completion.input_tokens == 120
+    assert ours.path == theirs.path == "/v1/chat/completions"
+    assert ours.body == theirs.body
+    assert ours.body["messages"][1]["content"][1]["image_url"]["url"] == "data:image/png;base64,aGVsbG8="
+    volatile = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length"}
+    assert {k: v for k, v in ours.headers.items() if k not in volatile} == {
+        k: v for k, v in theirs.headers.items() if k not in volatile
+    }
