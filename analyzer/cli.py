@@ -22,7 +22,7 @@ from .images import set_max_pixels
 from .logs import setup_logging
 from .progress import summary_lines
 from .registry import Unavailable, select_plugins
-from .scheduler import Action, Engine
+from .scheduler import Action, Engine, Follower
 from .settings import Settings, load_settings
 
 log = logging.getLogger("analyzer")
@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=["auto", "bar", "plain"])
     _common(run)
 
+    watch = sub.add_parser(
+        "watch", help="analyse what is missing, then every image that lands in the folders, until stopped"
+    )
+    _scan_options(watch)
+    watch.add_argument("--modes", type=_csv, help="comma-separated modes to run (default: each plugin's modes)")
+    watch.add_argument("--polling", action="store_true", default=None, help="poll instead of using file events")
+    watch.add_argument("--poll-interval", type=float, metavar="SECONDS", help="seconds between polls (default 5)")
+    watch.add_argument(
+        "--quiet-period", type=float, metavar="SECONDS", help="seconds an image must stay unchanged (default 2)"
+    )
+    watch.add_argument("--on-delete", choices=["keep", "delete"], help="sidecars of deleted images (default keep)")
+    watch.add_argument("--hash-workers", type=int, help="parallel hashing/reading threads")
+    _common(watch)
+
     wild = sub.add_parser("wildcards", help="regenerate wildcard files from existing sidecars only")
     _scan_options(wild)
     _common(wild)
@@ -95,6 +109,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    watch = {
+        name: getattr(args, name)
+        for name in ("polling", "poll_interval", "quiet_period", "on_delete")
+        if getattr(args, name, None) is not None
+    }
+    if watch:
+        overrides["watch"] = watch
     return load_settings(args.config, **overrides)
 
 
@@ -110,7 +131,9 @@ def _report_unavailable(items: list[Unavailable]) -> bool:
     return fatal
 
 
-def _engine(settings: Settings, args: argparse.Namespace, action: Action) -> tuple[Engine, bool]:
+def _engine(
+    settings: Settings, args: argparse.Namespace, action: Action, follower: Follower | None = None
+) -> tuple[Engine, bool]:
     plugins, unavailable = select_plugins(settings, getattr(args, "plugins", None), check_requirements=action == "run")
     fatal = _report_unavailable(unavailable)
     if not plugins:
@@ -126,6 +149,7 @@ def _engine(settings: Settings, args: argparse.Namespace, action: Action) -> tup
         force=getattr(args, "force", False),
         retry_failed=getattr(args, "retry_failed", False),
         dry_run=getattr(args, "dry_run", False),
+        follower=follower,
     )
     engine.stats.unavailable_plugins.extend(f"{u.name}: {u.reason}" for u in unavailable if u.explicit)
     return engine, fatal
@@ -146,6 +170,20 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if stats.interrupted:
         return 128 + (engine.stop_signal or signal.SIGINT.value)
     return 1 if fatal or stats.failed or engine.stats.unavailable_plugins else 0
+
+
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs until SIGINT/SIGTERM; a stop that finishes cleanly is a success (exit 0)."""
+    from .watch import Watcher
+
+    engine, _ = _engine(settings, args, "run", Watcher(settings.watch))
+    try:
+        stats = asyncio.run(engine.run(args.paths))
+    except OSError as exc:  # the observer could not start at all
+        raise ConfigError(f"cannot watch: {exc.strerror or exc}") from exc
+    for line in [*summary_lines(stats), *engine.summaries]:
+        log.info(line)
+    return 0
 
 
 def cmd_wildcards(settings: Settings, args: argparse.Namespace) -> int:
@@ -200,7 +238,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "wildcards": cmd_wildcards, "status": cmd_status, "config": cmd_config}
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "wildcards": cmd_wildcards, "status": cmd_status, "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

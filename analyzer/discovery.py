@@ -188,3 +188,22 @@ def walk(
             listing, subdirs = found
             yield listing
             stack.extend(reversed(subdirs))
+
+
+def wanted_path(rel: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
+    """Whether the walk would list the image at ``rel`` (``/``-separated, relative to its root).
+
+    The watcher's test for a path named by an event: hidden files and folders, excluded folders,
+    names that are not images (``x.png.part``, ``x.png~``, ``x.crdownload``) and the include and
+    exclude globs rule a path out exactly as they do in a walk.
+    """
+    parts = rel.split("/")
+    if any(part.startswith(".") or not part for part in parts) or not is_image_name(parts[-1]):
+        return False
+    if exclude:
+        for i in range(1, len(parts)):
+            if _dir_excluded("/".join(parts[:i]), exclude):
+                return False
+    if include and not any(glob_match(rel, p) for p in include):
+        return False
+    return not (exclude and any(glob_match(rel, p) for p in exclude))

@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("image", "plugin", "mode", "error_type"):
+        for key in ("image", "plugin", "mode", "error_type", "hash", "event"):
             if hasattr(record, key):
                 data[key] = getattr(record, key)
         if record.exc_info:

@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,19 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+
+
+def gpu_memory_text() -> str:
+    """`` gpu=<allocated>/<reserved>MB`` when torch is in use with a GPU, else ``""``."""
+    torch = sys.modules.get("torch")  # never imported just for this
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return ""
+        allocated = torch.cuda.memory_allocated() / 1e6
+        reserved = torch.cuda.memory_reserved() / 1e6
+    except Exception:  # a broken driver must not break the heartbeat
+        return ""
+    return f" gpu={allocated:.0f}/{reserved:.0f}MB"
 
 
 @dataclass
@@ -108,9 +122,19 @@ def _eta(stats: PluginStats, now: float) -> str:
 class Reporter:
     """Shows progress while a run goes on: a live bar on a terminal, log lines otherwise."""
 
-    def __init__(self, stats: RunStats, *, mode: str, heartbeat: float) -> None:
+    def __init__(
+        self,
+        stats: RunStats,
+        *,
+        mode: str,
+        heartbeat: float,
+        progress_lines: bool = True,
+        extra: Callable[[], str] | None = None,
+    ) -> None:
         self.stats = stats
         self.heartbeat = heartbeat
+        self.progress_lines = progress_lines
+        self.extra = extra
         self.bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._task: asyncio.Task[None] | None = None
         self._progress: Any = None
@@ -163,7 +187,8 @@ class Reporter:
         rate = sum(p.rate(now) for p in s.plugins.values())
         return (
             f"heartbeat: images={s.images} up_to_date={s.up_to_date} done={s.done} failed={s.failed} "
-            f"pending={s.pending} rate={rate:.1f}/s rss={rss_mb():.0f}MB"
+            f"pending={s.pending}{self.extra() if self.extra else ''} rate={rate:.1f}/s rss={rss_mb():.0f}MB"
+            f"{gpu_memory_text()}"
         )
 
     async def _tick(self) -> None:
@@ -173,7 +198,7 @@ class Reporter:
             now = time.monotonic()
             if self._progress is not None:
                 self._refresh_bars()
-            elif now - last_plain >= 10:
+            elif self.progress_lines and now - last_plain >= 10:
                 last_plain = now
                 for name, p in self.stats.plugins.items():
                     if p.planned:

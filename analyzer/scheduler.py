@@ -29,10 +29,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from stat import S_ISREG
+from typing import Any, Literal, Protocol, TypeVar
 
 from .discovery import Listing, Stat, walk
 from .errors import ConfigError
@@ -97,6 +98,10 @@ class Candidate:
     def rel(self) -> str:
         return f"{self.rel_dir}/{self.name}" if self.rel_dir else self.name
 
+    @property
+    def key(self) -> Key:
+        return (self.ctx.root, self.rel)
+
 
 Item = tuple[str, str]
 """(mode, model id)"""
@@ -139,6 +144,35 @@ class WriteReport:
     """(error type, message) -> the modes that failed with it"""
 
 
+Key = tuple[Path, str]
+"""(root, image path relative to it): one image, wherever its work is in the pipeline."""
+
+
+class Follower(Protocol):
+    """What ``analyzer watch`` plugs into the engine to keep it running after the first walk."""
+
+    def start(self, engine: Engine, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:
+        """Called on the event loop before the first walk (so nothing landing during it is missed)."""
+
+    def defer(self, ctx: RootContext, rel: str, stat: Stat) -> bool:
+        """Called from the walk's thread: True takes an image out of the walk (it is too fresh)."""
+
+    async def follow(self, chunks: asyncio.Queue[list[Candidate] | None], scan: concurrent.futures.Executor) -> None:
+        """Called after the first walk; returns when the engine is asked to stop."""
+
+    def released(self, key: Key, recheck: bool) -> None:
+        """All work of an image is written; ``recheck`` if it was asked for again meanwhile."""
+
+    def plugin_ready(self, name: str) -> None:
+        """A plugin that had failed to start has started."""
+
+    async def close(self) -> None:
+        """Called when the engine has stopped."""
+
+    def heartbeat(self) -> str:
+        """Extra ``name=value`` fields for the heartbeat line."""
+
+
 @dataclass
 class Engine:
     settings: Settings
@@ -152,6 +186,7 @@ class Engine:
     stats: RunStats = field(default_factory=RunStats)
     counts: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     wildcard_files: dict[str, int] = field(default_factory=dict)
+    follower: Follower | None = None
 
     def __post_init__(self) -> None:
         self.by_name = {p.name: p for p in self.plugins}
@@ -172,6 +207,10 @@ class Engine:
         self._signals = 0
         self.summaries: list[str] = []
         self.stop_signal: int | None = None
+        self.claims: dict[Key, int] = {}
+        """Images whose work is in the pipeline, with the number of jobs (and plannings) not yet done."""
+        self.rechecks: set[Key] = set()
+        self.analysed_level = logging.INFO if self.follower is not None else logging.DEBUG
 
     # -- public ------------------------------------------------------------------------
     async def run(self, paths: list[Path]) -> RunStats:
@@ -182,18 +221,25 @@ class Engine:
         try:
             async with Reporter(
                 self.stats,
-                mode=self.settings.progress if self.action == "run" else "plain",
+                mode=self.settings.progress if self.action == "run" and self.follower is None else "plain",
                 heartbeat=self.settings.heartbeat_interval,
+                progress_lines=self.follower is None,
+                extra=self.heartbeat_extra,
             ):
+                if self.follower is not None:
+                    self.follower.start(self, ctxs, chunks)
                 pipeline = asyncio.create_task(self._pipeline(ctxs, chunks), name="analyzer-pipeline")
                 await self._wait(pipeline)
         finally:
             self._remove_signals(loop)
             await self._close_plugins()
+            if self.follower is not None:
+                await self.follower.close()
             self._io.shutdown(wait=True)  # lets a started write finish
             for ctx in ctxs:
                 ctx.index.commit()
-        if self.action in ("run", "refresh") and not self.dry_run and not self.stats.interrupted:
+        finished = not self.stats.interrupted or self.follower is not None  # a watcher's stop is its normal end
+        if self.action in ("run", "refresh") and not self.dry_run and finished:
             self._refresh_wildcards(ctxs)
         for ctx in ctxs:
             ctx.index.close()
@@ -209,6 +255,9 @@ class Engine:
             self.stats.interrupted = True
         self.stop.set()
         self.thread_stop.set()
+
+    def heartbeat_extra(self) -> str:
+        return f" in_flight={len(self.claims)}" + (self.follower.heartbeat() if self.follower is not None else "")
 
     # -- roots -------------------------------------------------------------------------
     def _resolve_roots(self, paths: list[Path]) -> list[Path]:
@@ -296,6 +345,8 @@ class Engine:
         with concurrent.futures.ThreadPoolExecutor(1, "analyzer-scan") as scan:
             try:
                 await loop.run_in_executor(scan, self._triage_all, ctxs, loop, chunks)
+                if self.follower is not None and not self.stop.is_set():
+                    await self.follower.follow(chunks, scan)
             finally:
                 self.thread_stop.set()
                 for _ in preparers:
@@ -308,7 +359,11 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # -- triage (runs in the scan thread) ----------------------------------------------
-    def _triage_all(self, ctxs: list[RootContext], loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[Any]) -> None:
+    def _emitter(
+        self, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[Any]
+    ) -> Callable[[list[Candidate]], bool]:
+        """From a worker thread: put a chunk on the queue, waiting for room; False once stopping."""
+
         def emit(chunk: list[Candidate]) -> bool:
             future = asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop)
             while True:
@@ -320,10 +375,19 @@ class Engine:
                         future.cancel()
                         return False
 
+        return emit
+
+    def skip_dirs(self, ctxs: list[RootContext]) -> list[Path]:
+        """The analyzer's own output folders, never scanned for images."""
         skip = [c.layout.sidecar_base for c in ctxs if c.layout.sidecar_base is not None]
         skip.append(self.wildcards_dir(ctxs[0].root))
         if self.settings.state_dir is not None:
             skip.append(self.settings.state_dir)
+        return skip
+
+    def _triage_all(self, ctxs: list[RootContext], loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[Any]) -> None:
+        emit = self._emitter(loop, chunks)
+        skip = self.skip_dirs(ctxs)
         for ctx in ctxs:
             seen_dirs: set[str] = set()
             for listing in walk(
@@ -357,12 +421,48 @@ class Engine:
             pass
         return stats
 
-    def _triage_listing(self, ctx: RootContext, listing: Listing, emit: Callable[[list[Candidate]], bool]) -> bool:
+    def triage_names(
+        self,
+        ctx: RootContext,
+        rel_dir: str,
+        names: list[str],
+        loop: asyncio.AbstractEventLoop,
+        chunks: asyncio.Queue[Any],
+    ) -> None:
+        """Triage some images of one folder, as the walk would (blocking: for the watcher's thread)."""
+        listing = Listing(ctx.root, rel_dir, ctx.root / rel_dir if rel_dir else ctx.root)
+        for name in sorted(set(names)):
+            try:
+                st = os.stat(listing.path / name, follow_symlinks=self.settings.follow_symlinks)
+            except OSError:
+                continue  # gone again: its deletion event does the rest
+            if S_ISREG(st.st_mode):
+                listing.images.append((name, (st.st_size, st.st_mtime_ns)))
+        if ctx.layout.beside:
+            for name, _ in listing.images:
+                for pname in self.plans:
+                    sc = sidecar_name(name, pname)
+                    with contextlib.suppress(OSError):
+                        st = os.stat(listing.path / sc)
+                        listing.json_files[sc] = (st.st_size, st.st_mtime_ns)
+        self._triage_listing(ctx, listing, self._emitter(loop, chunks), partial=True)
+
+    def _triage_listing(
+        self, ctx: RootContext, listing: Listing, emit: Callable[[list[Candidate]], bool], *, partial: bool = False
+    ) -> bool:
+        """Drop the up-to-date images of a folder's listing and emit the rest as candidates.
+
+        A ``partial`` listing names only some images of the folder (the watcher's); otherwise the
+        index forgets the images the listing no longer has.
+        """
         rows = ctx.index.load_dir(listing.rel_dir)
         sc_files = self._sidecar_stats(ctx, listing)
         chunk: list[Candidate] = []
+        defer = self.follower.defer if self.follower is not None and not partial else None
         self.stats.images += len(listing.images)
         for name, stat in listing.images:  # the hot loop of a warm run
+            if defer is not None and defer(ctx, listing.rel(name), stat):
+                continue
             row = rows.get(name)
             fresh = row is not None and row.stat == stat and row.hash is not None
             complete = fresh
@@ -386,11 +486,7 @@ class Engine:
                     known[pname] = NEEDS_READ
                     complete = False
             if complete:
-                self.stats.up_to_date += 1
-                if self.action == "status":
-                    for pname, plan in self.plans.items():
-                        value = known[pname]
-                        plan.tally(value if isinstance(value, SidecarRow) else None, self.counts)
+                self._up_to_date(known)
                 continue
             chunk.append(
                 Candidate(
@@ -410,11 +506,22 @@ class Engine:
                 chunk = []
         if chunk and not emit(chunk):
             return False
-        gone = rows.keys() - {name for name, _ in listing.images}
+        if not partial:
+            self._forget_gone(ctx, listing, rows.keys())
+        return True
+
+    def _up_to_date(self, known: dict[str, SidecarRow | _NeedsRead | None]) -> None:
+        self.stats.up_to_date += 1
+        if self.action == "status":
+            for pname, plan in self.plans.items():
+                value = known[pname]
+                plan.tally(value if isinstance(value, SidecarRow) else None, self.counts)
+
+    def _forget_gone(self, ctx: RootContext, listing: Listing, known: Iterable[str]) -> None:
+        gone = set(known) - {name for name, _ in listing.images}
         if gone:
             ctx.index.delete_names(listing.rel_dir, gone)
             self.dirty = True
-        return True
 
     # -- prepare (event loop, blocking parts in threads) --------------------------------
     async def _prepare_worker(self, chunks: asyncio.Queue[list[Candidate] | None]) -> None:
@@ -503,6 +610,9 @@ class Engine:
         stats.hashed_bytes += prepared.hashed_bytes
         if prepared.state == "vanished":
             stats.vanished += 1
+        elif prepared.state == "busy":
+            if self.follower is not None:
+                self.follower.released(prepared.cand.key, True)  # still being written: look again later
         elif prepared.state == "unreadable":
             stats.unreadable += 1
             if prepared.failure is not None:
@@ -513,8 +623,28 @@ class Engine:
                 plan.tally(None, self.counts)
         elif prepared.state == "ok" and prepared.image_hash is not None:
             cand = prepared.cand
+            key = cand.key
+            if key in self.claims:  # already in the pipeline (an event and the walk, or two events)
+                self.rechecks.add(key)
+                return
+            self.claims[key] = 1  # the planning itself holds the image until its jobs are submitted
             image = ImageRef(cand.path, cand.rel, prepared.image_hash, cand.stat[0], cand.stat[1])
-            await self._plan(cand, prepared.rows, image)
+            try:
+                await self._plan(cand, prepared.rows, image)
+            finally:
+                self.job_finished(key)
+
+    def job_finished(self, key: Key) -> None:
+        """One job of the image (or its planning) is over; release the image after the last."""
+        left = self.claims.get(key, 0) - 1
+        if left > 0:
+            self.claims[key] = left
+            return
+        self.claims.pop(key, None)
+        recheck = key in self.rechecks
+        self.rechecks.discard(key)
+        if self.follower is not None:
+            self.follower.released(key, recheck)
 
     def _row_from_doc(self, doc: dict[str, Any], stat: Stat, plugin: AnalyzerPlugin) -> SidecarRow:
         retry, failed = failed_keys(doc)
@@ -589,6 +719,7 @@ class Engine:
                 continue
             if self.by_name[pname].context_plugins():
                 image = await self._in_thread(self._with_context, cand, image, self.by_name[pname])
+            self.claims[cand.key] = self.claims.get(cand.key, 0) + 1
             await self._runner(pname).submit(Job(cand, pname, missing, image))
 
     async def _record_unreadable(self, cand: Candidate, failure: Failure) -> None:
@@ -625,7 +756,7 @@ class Engine:
 
     async def _close_plugins(self) -> None:
         for runner in self.runners.values():
-            if runner.setup_error is None and runner.ready.done() and not runner.ready.cancelled():
+            if runner.started:
                 self.summaries.extend(runner.plugin.summary_lines())
             await runner.close()
 
@@ -666,7 +797,7 @@ class Engine:
                 report.vanished = True
                 return report
             created_ns = _created_ns(st)
-            if (st.st_size, st.st_mtime_ns) != job.cand.stat:
+            if (st.st_size, st.st_mtime_ns) != job.cand.stat and not self._same_content(job):
                 report.changed = True
                 changed = Failure("FileChanged", "the file changed while it was analysed", retryable=True)
                 outcomes = {item: (changed, 0.0) for item in outcomes}
@@ -678,6 +809,18 @@ class Engine:
             report.write_error = str(exc.strerror or exc)
         return report
 
+    def _same_content(self, job: Job) -> bool:
+        """The image was touched while analysed: True if it was saved again with the same content."""
+        try:
+            image_hash, size, mtime_ns = hash_file(job.cand.path)
+        except (OSError, FileChangedError):
+            return False
+        if image_hash != job.image.hash:
+            return False
+        job.cand.stat = (size, mtime_ns)  # the results hold for the file as it is now
+        job.cand.ctx.index.put_image(job.cand.rel_dir, job.cand.name, job.cand.stat, image_hash)
+        return True
+
     def _write_many(self, items: list[tuple[Job, Outcomes]]) -> list[WriteReport]:
         return [self._write_one(job, outcomes) for job, outcomes in items]
 
@@ -685,44 +828,61 @@ class Engine:
         """Merge each job's outcomes into its sidecar (atomically, in one thread hop) and count them."""
         reports = await asyncio.shield(self._in_thread(self._write_many, items))
         for report in reports:
-            job, rel = report.job, report.job.cand.rel
-            planned = len(job.items)
-            if report.vanished:
-                self.stats.vanished += 1
-                self.stats.plugin(job.plugin).planned -= planned
-                log.warning("%r vanished while it was analysed; no sidecar written", rel)
-                continue
-            self.stats.corrupt_sidecars += report.corrupt
-            if report.changed:
-                log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
-            for (kind, message), modes in report.failed_modes.items():
-                log.error(
-                    "%r: %s failed (%s): %s: %s",
-                    rel,
-                    job.plugin,
-                    ", ".join(modes),
-                    kind,
-                    message,
-                    extra={"image": rel, "plugin": job.plugin, "mode": modes, "error_type": kind},
-                )
-            if report.write_error is not None:
-                self.stats.write_errors += 1
-                path = job.cand.ctx.layout.sidecar_path(rel, job.plugin)
-                log.error(
-                    "%r: cannot write sidecar %s: %s; its results are lost for this run", rel, path, report.write_error
-                )
-                report.ok, report.failed = 0, planned
-            if count:
-                for _ in range(report.ok):
-                    self.stats.item_done(job.plugin, ok=True)
-                for _ in range(report.failed):
-                    self.stats.item_done(job.plugin, ok=False)
+            try:
+                self._account(report, count)
+            finally:
+                self.job_finished(report.job.cand.key)
+
+    def _account(self, report: WriteReport, count: bool) -> None:
+        """Count and log what writing one job's sidecar came to (on the event loop)."""
+        job, rel = report.job, report.job.cand.rel
+        planned = len(job.items)
+        if report.vanished:
+            self.stats.vanished += 1
+            self.stats.plugin(job.plugin).planned -= planned
+            log.warning("%r vanished while it was analysed; no sidecar written", rel)
+            return
+        self.stats.corrupt_sidecars += report.corrupt
+        if report.changed:
+            log.warning("%r changed while it was analysed; results discarded, it is retried next run", rel)
+        for (kind, message), modes in report.failed_modes.items():
+            log.error(
+                "%r: %s failed (%s): %s: %s",
+                rel,
+                job.plugin,
+                ", ".join(modes),
+                kind,
+                message,
+                extra={"image": rel, "plugin": job.plugin, "mode": modes, "error_type": kind},
+            )
+        if report.write_error is not None:
+            self.stats.write_errors += 1
+            path = job.cand.ctx.layout.sidecar_path(rel, job.plugin)
+            log.error(
+                "%r: cannot write sidecar %s: %s; its results are lost for this run", rel, path, report.write_error
+            )
+            report.ok, report.failed = 0, planned
+        elif not report.changed:
+            log.log(
+                self.analysed_level,
+                "analysed %r: %s (%d ok, %d failed)",
+                rel,
+                job.plugin,
+                report.ok,
+                report.failed,
+                extra={"image": rel, "plugin": job.plugin, "hash": job.image.hash, "event": "analysed"},
+            )
+        if count:
+            for _ in range(report.ok):
+                self.stats.item_done(job.plugin, ok=True)
+            for _ in range(report.failed):
+                self.stats.item_done(job.plugin, ok=False)
 
     # -- wildcards ---------------------------------------------------------------------
-    def _refresh_wildcards(self, ctxs: list[RootContext]) -> None:
+    def _refresh_wildcards(self, ctxs: list[RootContext], *, force: bool = False) -> None:
         folder = self.wildcards_dir(ctxs[0].root)
         plugins = [p for p in self.plugins if p.wildcard_modes]
-        if not plugins or (not self.dirty and folder.is_dir() and self.action == "run"):
+        if not plugins or (not force and not self.dirty and folder.is_dir() and self.action == "run"):
             return
         entries: dict[tuple[str, str], dict[str, None]] = {
             (p.name, mode): {} for p in plugins for mode in p.wildcard_modes
@@ -795,7 +955,12 @@ def _created_ns(st: os.stat_result) -> int | None:
 
 
 class PluginRunner:
-    """Runs one plugin: lazy setup, batching, bounded concurrency, one writer per job."""
+    """Runs one plugin: lazy setup, batching, bounded concurrency, one writer per job.
+
+    A plugin that fails to start fails its items for ``analyzer run``; under ``analyzer watch``
+    its setup is retried with a doubling delay while its jobs are set aside (they stay missing,
+    and are found again by a new walk once the plugin starts).
+    """
 
     def __init__(self, engine: Engine, plugin: AnalyzerPlugin) -> None:
         self.engine = engine
@@ -803,6 +968,8 @@ class PluginRunner:
         size = max(8, plugin.batch_size * plugin.concurrency * 2)
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=size)
         self.setup_error: str | None = None
+        self.started = False
+        self.first_attempt = asyncio.Event()
         self.ready = asyncio.create_task(self._setup(), name=f"analyzer-setup-{plugin.name}")
         self.workers = [
             asyncio.create_task(self._worker(), name=f"analyzer-{plugin.name}-{i}") for i in range(plugin.concurrency)
@@ -826,7 +993,9 @@ class PluginRunner:
         await asyncio.gather(*self.workers, return_exceptions=True)
         if not self.ready.done():
             self.ready.cancel()
-        if self.ready.done() and not self.ready.cancelled() and self.setup_error is None and not self.closed:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.ready
+        if self.started and not self.closed:
             self.closed = True
             try:
                 await self.plugin.close()
@@ -834,17 +1003,44 @@ class PluginRunner:
                 log.warning("plugin %s did not close cleanly: %s", self.plugin.name, exc)
 
     async def _setup(self) -> None:
-        started = time.monotonic()
-        try:
-            await self.plugin.setup()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.setup_error = str(exc) or type(exc).__name__
-            log.error("plugin %s could not start: %s", self.plugin.name, self.setup_error)
-            self.engine.stats.unavailable_plugins.append(f"{self.plugin.name}: {self.setup_error}")
+        engine, name = self.engine, self.plugin.name
+        retry = engine.follower is not None
+        delay, attempts = min(5.0, engine.settings.watch.setup_retry_max), 0
+        while True:
+            started = time.monotonic()
+            attempts += 1
+            try:
+                await self.plugin.setup()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = str(exc) or type(exc).__name__
+                if self.setup_error is None:
+                    engine.stats.unavailable_plugins.append(f"{name}: {error}")
+                self.setup_error = error
+                self.first_attempt.set()
+                if not retry:
+                    log.error("plugin %s could not start: %s", name, error)
+                    return
+                log.error("plugin %s could not start: %s; trying again in %gs", name, error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(engine.stop.wait(), delay)
+                if engine.stop.is_set():
+                    return
+                delay = min(delay * 2, engine.settings.watch.setup_retry_max)
+                continue
+            self.started = True
+            self.first_attempt.set()
+            log.debug("plugin %s ready in %.2fs", name, time.monotonic() - started)
+            if self.setup_error is not None:
+                log.warning("plugin %s started after %d attempts; looking again for the work it missed", name, attempts)
+                engine.stats.unavailable_plugins = [
+                    u for u in engine.stats.unavailable_plugins if not u.startswith(f"{name}: ")
+                ]
+                self.setup_error = None
+                if engine.follower is not None:
+                    engine.follower.plugin_ready(name)
             return
-        log.debug("plugin %s ready in %.2fs", self.plugin.name, time.monotonic() - started)
 
     async def _next_batch(self) -> tuple[list[Job], bool]:
         job = await self.queue.get()
@@ -862,21 +1058,24 @@ class PluginRunner:
         return batch, False
 
     async def _worker(self) -> None:
-        await asyncio.shield(self.ready)
-        stats = self.engine.stats
+        await self.first_attempt.wait()
+        engine = self.engine
+        stats = engine.stats
         last = False
         while not last:
             batch, last = await self._next_batch()
             if not batch:
                 continue
-            if self.engine.stop.is_set():
-                for job in batch:  # not started: dropped, analysed on a later run
+            if engine.stop.is_set() or (self.setup_error is not None and engine.follower is not None):
+                for job in batch:  # not started: dropped, analysed on a later run (or walk)
                     stats.plugin(job.plugin).planned -= len(job.items)
+                    engine.job_finished(job.cand.key)
                 continue
             if self.setup_error is not None:
                 for job in batch:
                     for _ in job.items:
                         stats.item_done(job.plugin, ok=False)
+                    engine.job_finished(job.cand.key)
                 continue
             await self._run_batch(batch)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -34,6 +34,29 @@ from .images import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "ANALYZER_"
 DEFAULT_CONFIG_FILE = Path("analyzer.toml")
+
+
+class WatchSettings(BaseModel):
+    """``analyzer watch``: ``[watch]`` in the TOML file, ``ANALYZER_WATCH__<FIELD>`` in the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quiet_period: float = Field(default=2.0, ge=0)
+    """Seconds an image's size and mtime must stay unchanged (and no event arrive) before it is analysed."""
+    decode_timeout: float = Field(default=60.0, ge=0)
+    """A stable image that still does not decode after this many seconds is analysed anyway, so its
+    error is recorded (until then it is taken for a file still being written)."""
+    polling: bool = False
+    """Poll the folders instead of using inotify/FSEvents (for NFS/SMB mounts, where no events arrive)."""
+    poll_interval: float = Field(default=5.0, gt=0)
+    """Seconds between two polls when polling."""
+    on_delete: Literal["keep", "delete"] = "keep"
+    """What happens to a deleted image's sidecars; its results leave the wildcard files either way."""
+    wildcards_debounce: float = Field(default=3.0, ge=0)
+    """Wildcard files are rewritten once no result has changed for this many seconds (and at
+    least every ten times this while changes keep coming)."""
+    setup_retry_max: float = Field(default=300.0, gt=0)
+    """Longest wait between two attempts to start a plugin that failed to start (doubling from 5 s)."""
 
 
 class Settings(BaseSettings):
@@ -79,6 +102,8 @@ class Settings(BaseSettings):
     """Also write JSON log lines (one object per line) to this file."""
     progress: Literal["auto", "bar", "plain"] = "auto"
     """Progress display: a bar on a terminal, plain log lines otherwise."""
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    """Settings of ``analyzer watch``."""
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Plugin sections (``[clip]``, ``ANALYZER_LLM__MODEL``…); filled by PluginSectionsSource."""
 

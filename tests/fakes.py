@@ -155,3 +155,43 @@ class SlowPlugin(AnalyzerPlugin):
         delay = self.options.delay if isinstance(self.options, EchoOptions) else 0.2
         await asyncio.sleep(delay)
         return [Result(i.rel_path) for i in images]
+
+
+class CountOptions(PluginOptions):
+    log: str = ""
+    """File that gets one line per analysed image: ``rel<TAB>hash<TAB>size``."""
+    delay: float = 0.0
+    fail_setups: int = 0
+    """Fail this many setups first (by attempt count in the process), like weights not yet downloaded."""
+
+
+class CountingPlugin(AnalyzerPlugin):
+    """Logs every image it analyses to a file, so tests across processes can count analyses."""
+
+    name = "count"
+    version = "1"
+    modes = ("seen",)
+    wildcard_modes = ("seen",)
+    batch_size_hint = 8
+    Options = CountOptions
+    setup_attempts: ClassVar[int] = 0
+
+    def model_id(self, mode: str) -> str:
+        return "count1"
+
+    async def setup(self) -> None:
+        cls = type(self)
+        cls.setup_attempts += 1
+        assert isinstance(self.options, CountOptions)
+        if cls.setup_attempts <= self.options.fail_setups:
+            raise RuntimeError(f"weights not there yet (attempt {cls.setup_attempts})")
+
+    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        assert isinstance(self.options, CountOptions)
+        if self.options.delay:
+            await asyncio.sleep(self.options.delay)
+        if self.options.log:
+            lines = "".join(f"{i.rel_path}\t{i.hash}\t{i.size}\n" for i in images)
+            with open(self.options.log, "a") as handle:
+                handle.write(lines)
+        return [Result(Path(i.rel_path).stem) for i in images]

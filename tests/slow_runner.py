@@ -1,4 +1,4 @@
-"""`analyzer` with the test plugins registered: for tests that need a real process (signals)."""
+"""`analyzer` with the test plugins `slow` and `count` registered: for tests that need a real process (signals)."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import analyzer
 from analyzer.cli import main
 
-from fakes import SlowPlugin
+from fakes import CountingPlugin, SlowPlugin
 
 analyzer.register(SlowPlugin)
+analyzer.register(CountingPlugin)
 sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analyzer.errors import ConfigError
-from analyzer.settings import Settings, load_settings
+from analyzer.settings import Settings, WatchSettings, load_settings
 
 
 def test_defaults_are_sane():
@@ -95,8 +95,21 @@ REPO = Path(__file__).resolve().parents[1]
 def test_env_example_lists_every_core_setting():
     text = (REPO / ".env.example").read_text()
     for name in Settings.model_fields:
-        if name != "plugin_options":
+        if name not in ("plugin_options", "watch"):
             assert f"ANALYZER_{name.upper()}=" in text, name
+    for name in WatchSettings.model_fields:
+        assert f"ANALYZER_WATCH__{name.upper()}=" in text, name
+
+
+def test_watch_settings_come_from_the_environment_toml_and_flags(tmp_path, monkeypatch):
+    config = tmp_path / "analyzer.toml"
+    config.write_text("[watch]\nquiet_period = 5\non_delete = 'delete'\n")
+    monkeypatch.setenv("ANALYZER_WATCH__POLL_INTERVAL", "9")
+    settings = load_settings(config, watch={"polling": True})
+    assert (settings.watch.quiet_period, settings.watch.on_delete) == (5, "delete")
+    assert (settings.watch.poll_interval, settings.watch.polling) == (9, True)
+    with pytest.raises(ConfigError, match="watch"):
+        load_settings(None, watch={"quiet": 1})
 
 
 def test_the_shipped_example_config_is_valid(cli):

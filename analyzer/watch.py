@@ -1,0 +1,570 @@
+"""``analyzer watch``: the engine kept running, fed by file system events.
+
+::
+
+    watchdog observer thread --(deque + one wake-up per burst)--> event loop
+        created / modified / moved in  -> pending (quiet-period stability check, then a decode check)
+        moved within                   -> sidecars follow the image, the index forgets the old path
+        deleted / moved out            -> the index forgets it (wildcards drop it); sidecars per on_delete
+    stable images -> the engine's triage, exactly as a walk would see them -> prepare -> plugins -> sidecars
+
+On start the engine walks the folders as ``analyzer run`` does (the observer is started first,
+so nothing that lands during the walk is missed); images modified less than a quiet period ago
+are left to the stability check instead. An image already in the pipeline is never queued
+twice: a second request for it is remembered and looked at again once its first work is written,
+so a burst of events or the same content saved again costs one analysis.
+
+The watcher's blocking work (moves, deletes, triage) runs in one thread of its own, in the
+order the events arrived; stat and decode checks run in the engine's I/O threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from .discovery import Stat, wanted_path
+from .errors import ImageError, ImageTooLarge
+from .hashing import FileChangedError, hash_file
+from .images import open_image
+from .scheduler import Candidate, Engine, Key, RootContext
+from .settings import WatchSettings
+from .sidecar import CorruptSidecar, atomic_write_text, dumps, read_sidecar
+
+log = logging.getLogger("analyzer")
+
+Verdict = Literal["gone", "wait", "ready", "undecodable"]
+
+INOTIFY_HELP = {
+    errno.ENOSPC: (
+        "the inotify watch limit is reached (fs.inotify.max_user_watches = {watches}: one watch per folder). "
+        "Raise it with `sudo sysctl fs.inotify.max_user_watches=524288` and keep it across reboots with "
+        "`echo fs.inotify.max_user_watches=524288 | sudo tee /etc/sysctl.d/90-analyzer.conf`"
+    ),
+    errno.EMFILE: (
+        "the inotify instance limit is reached (fs.inotify.max_user_instances = {instances}). "
+        "Raise it with `sudo sysctl fs.inotify.max_user_instances=1024` (and in /etc/sysctl.d/ to keep it)"
+    ),
+}
+
+
+def _proc_value(name: str) -> str:
+    try:
+        return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def inotify_limit_message(exc: OSError) -> str | None:
+    """What to do about an inotify limit, or None if ``exc`` is not one."""
+    template = INOTIFY_HELP.get(exc.errno or 0)
+    if template is None:
+        return None
+    return template.format(watches=_proc_value("max_user_watches"), instances=_proc_value("max_user_instances"))
+
+
+def make_observer(polling: bool, interval: float) -> Any:
+    """watchdog's native observer (inotify on Linux), or its polling observer."""
+    if polling:
+        from watchdog.observers.polling import PollingObserver
+
+        return PollingObserver(timeout=interval)
+    from watchdog.observers import Observer
+
+    return Observer()
+
+
+MOVE_PAIRING = 0.75
+ORPHAN_SECONDS = 60.0
+"""How long a deleted image's sidecars are remembered, for the same content reappearing elsewhere."""
+MAX_ORPHANS = 10_000
+"""At most this many are remembered (a whole archive deleted at once must not fill memory)."""
+
+
+@dataclass
+class Orphan:
+    """A deleted image's sidecars, kept in memory for a while."""
+
+    hash: str
+    size: int
+    ctx: RootContext
+    rel: str
+    docs: dict[str, dict[str, Any]]
+    at: float
+
+
+@dataclass
+class Pending:
+    """An image waiting to be complete: no event and no change of size or mtime for a quiet period."""
+
+    ctx: RootContext
+    rel: str
+    last_event: float
+    """Monotonic time of the last event (or request) for it."""
+    due: float
+    stat: Stat | None = None
+    stat_since: float = 0.0
+    undecodable_since: float | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.root / self.rel
+
+    @property
+    def key(self) -> Key:
+        return (self.ctx.root, self.rel)
+
+
+class Watcher:
+    """Follows file system events for an :class:`~analyzer.scheduler.Engine` (its ``follower``)."""
+
+    def __init__(self, settings: WatchSettings) -> None:
+        self.settings = settings
+        self.quiet = settings.quiet_period
+        self.pending: dict[Key, Pending] = {}
+        self.polling = settings.polling
+        self.observer: Any = None
+        self._events: deque[Any] = deque()
+        self._events_lock = threading.Lock()
+        self._wake_scheduled = False
+        self._wake = asyncio.Event()
+        self._rescan = False
+        self._ops = concurrent.futures.ThreadPoolExecutor(1, "analyzer-watch")
+        self._tasks: list[asyncio.Task[None]] = []
+        self.events_seen = 0
+        self.queued = 0
+        self.orphans: dict[int, list[Orphan]] = {}
+        """Recently deleted images by size (touched only in the watcher's thread)."""
+
+    # -- the engine's hooks ------------------------------------------------------------
+    def start(self, engine: Engine, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:
+        self.engine = engine
+        self.ctxs = ctxs
+        self.chunks = chunks
+        self.loop = asyncio.get_running_loop()
+        self.skip = [os.path.realpath(p) + os.sep for p in engine.skip_dirs(ctxs)]
+        self._start_observer()
+        self._tasks.append(asyncio.create_task(self._stabilize(), name="analyzer-watch-stabilize"))
+        log.info(
+            "watching %s (%s); an image is analysed once unchanged for %gs",
+            ", ".join(str(c.root) for c in ctxs),
+            f"polling every {self.settings.poll_interval:g}s" if self.polling else "file system events",
+            self.quiet,
+        )
+
+    def defer(self, ctx: RootContext, rel: str, stat: Stat) -> bool:
+        """From the walk's thread: an image modified within the quiet period waits for the stability check."""
+        if time.time_ns() - stat[1] >= self.quiet * 1e9:
+            return False
+        self._threadsafe(self._touch, ctx, rel)
+        return True
+
+    async def follow(self, chunks: asyncio.Queue[list[Candidate] | None], scan: concurrent.futures.Executor) -> None:
+        engine = self.engine
+        debounce = self.settings.wildcards_debounce
+        first_change: float | None = None
+        last_change = last_commit = last_expiry = time.monotonic()
+        log.info("first walk done; following changes")
+        while not engine.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.stop.wait(), 0.25)
+            now = time.monotonic()
+            self._check_observer()
+            if self._rescan:
+                self._rescan = False
+                await self._in_ops(engine._triage_all, self.ctxs, self.loop, chunks)
+            if engine.dirty:  # set by any sidecar or index change
+                engine.dirty = False
+                last_change = now
+                first_change = first_change or now
+            if first_change is not None and (now - last_change >= debounce or now - first_change >= 10 * debounce):
+                first_change = None
+                await self._in_ops(self._refresh)
+                last_commit = now
+            elif now - last_commit >= 30:
+                last_commit = now
+                await self._in_ops(self._commit)
+            if self.orphans and now - last_expiry >= 5:
+                last_expiry = now
+                await self._in_ops(self._expire_orphans)
+        if first_change is not None:
+            engine.dirty = True  # the engine writes the wildcard files once more as it stops
+
+    def released(self, key: Key, recheck: bool) -> None:
+        if recheck:
+            ctx = next((c for c in self.ctxs if c.root == key[0]), None)
+            if ctx is not None:
+                self._touch(ctx, key[1])
+
+    def plugin_ready(self, name: str) -> None:
+        self._rescan = True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.observer is not None:
+            observer, self.observer = self.observer, None
+            await asyncio.to_thread(self._stop_observer, observer)
+        self._ops.shutdown(wait=True)
+
+    def heartbeat(self) -> str:
+        return f" waiting={len(self.pending)} events={self.events_seen}"
+
+    # -- the observer ------------------------------------------------------------------
+    def _start_observer(self) -> None:
+        handler = _Handler(self)
+        try:
+            self.observer = self._schedule(make_observer(self.polling, self.settings.poll_interval), handler)
+            return
+        except OSError as exc:
+            message = inotify_limit_message(exc)
+            if message is None or self.polling:
+                raise
+            log.error("%s; falling back to polling every %gs", message, self.settings.poll_interval)
+        self.polling = True
+        self.observer = self._schedule(make_observer(True, self.settings.poll_interval), handler)
+
+    def _schedule(self, observer: Any, handler: Any) -> Any:
+        for ctx in self.ctxs:
+            observer.schedule(handler, str(ctx.root), recursive=True)
+        try:
+            observer.start()
+        except BaseException:
+            self._stop_observer(observer)
+            raise
+        return observer
+
+    @staticmethod
+    def _stop_observer(observer: Any) -> None:
+        with contextlib.suppress(Exception):
+            observer.stop()
+            observer.join(timeout=10)
+
+    def _check_observer(self) -> None:
+        """An emitter thread that died (a new folder beyond the inotify limit, say) means polling from now on."""
+        observer = self.observer
+        if observer is None:
+            return
+        if observer.is_alive() and all(e.is_alive() for e in observer.emitters):
+            return
+        if self.polling:
+            log.error("the polling observer stopped; restarting it")
+        else:
+            log.error(
+                "file system events stopped arriving (%s); falling back to polling every %gs",
+                inotify_limit_message(OSError(errno.ENOSPC, "")),
+                self.settings.poll_interval,
+            )
+        self.polling = True
+        self._stop_observer(observer)
+        self.observer = self._schedule(make_observer(True, self.settings.poll_interval), _Handler(self))
+        self._rescan = True  # whatever happened while blind is found by a walk
+
+    # -- events (observer thread -> event loop) ----------------------------------------
+    def hand_off(self, event: Any) -> None:
+        """Called in the observer's thread: queue the event, wake the loop once per burst."""
+        with self._events_lock:
+            self._events.append(event)
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        self._threadsafe(self._drain)
+
+    def _threadsafe(self, fn: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the restart's walk finds it
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _drain(self) -> None:
+        with self._events_lock:
+            events, self._events = self._events, deque()
+            self._wake_scheduled = False
+        for event in events:
+            self.events_seen += 1
+            try:
+                self._on_event(event)
+            except Exception:  # one odd event never stops the watcher
+                log.exception("could not handle %s", event)
+
+    def _locate(self, raw: bytes | str) -> tuple[RootContext, str] | None:
+        """The root and relative path of an event's path, if it names an image the walk would list."""
+        path = os.fsdecode(raw)
+        if not path or any(path.startswith(s) for s in self.skip):
+            return None
+        for ctx in self.ctxs:
+            root = str(ctx.root)
+            if path.startswith(root + os.sep):
+                rel = path[len(root) + 1 :].replace(os.sep, "/")
+                settings = self.engine.settings
+                return (ctx, rel) if wanted_path(rel, settings.include, settings.exclude) else None
+        return None
+
+    def _on_event(self, event: Any) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        if event.is_directory:
+            if kind == "deleted":  # also a folder moved out of the tree: no event per file
+                self._forget_folder(event.src_path)
+            return  # a folder moved in or within comes with an event per file
+        if kind == "moved":
+            src, dest = self._locate(event.src_path), self._locate(event.dest_path)
+            if src is not None:
+                self.pending.pop((src[0].root, src[1]), None)
+                if dest is not None:
+                    self._ops.submit(self._guard, self._moved, src, dest)
+                else:
+                    self._ops.submit(self._guard, self._deleted, *src)
+            if dest is not None:
+                self._touch(*dest)
+        elif kind == "deleted":
+            src = self._locate(event.src_path)
+            if src is not None:
+                self.pending.pop((src[0].root, src[1]), None)
+                self._ops.submit(self._guard, self._deleted, *src)
+        else:  # created, modified, closed, attrib
+            found = self._locate(event.src_path)
+            if found is not None:
+                self._touch(*found)
+
+    def _touch(self, ctx: RootContext, rel: str) -> None:
+        now = time.monotonic()
+        item = self.pending.get((ctx.root, rel))
+        if item is None:
+            self.pending[(ctx.root, rel)] = Pending(ctx, rel, now, now + self._hold())
+        else:
+            item.last_event, item.due = now, now + self._hold()
+        self._wake.set()
+
+    def _hold(self) -> float:
+        """Seconds from an image's last event to its check. watchdog holds the first half of an
+        inotify move 0.5 s to pair it with the second, so with events an image waits a little longer:
+        otherwise a move whose halves were not paired (into a folder made a moment before) could
+        be taken for a new image before its deletion arrives."""
+        return self.quiet if self.polling else max(self.quiet, MOVE_PAIRING)
+
+    # -- stability ---------------------------------------------------------------------
+    async def _stabilize(self) -> None:
+        """Hand each pending image to the engine once it has been left alone for a quiet period."""
+        while True:
+            now = time.monotonic()
+            due = [p for p in self.pending.values() if p.due <= now][:256]
+            if not due:
+                self._wake.clear()
+                wait = min((p.due for p in self.pending.values()), default=now + 3600) - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                continue
+            checked = [(p, p.last_event) for p in due]
+            verdicts = await self.engine._in_thread(self._check_many, due)
+            now = time.monotonic()
+            ready: dict[tuple[int, str], list[str]] = {}
+            for (item, seen), (verdict, retry_at) in zip(checked, verdicts, strict=True):
+                if self.pending.get(item.key) is not item or item.last_event != seen:
+                    continue  # a newer event arrived meanwhile: its own check decides
+                if verdict == "gone":
+                    del self.pending[item.key]
+                elif verdict == "wait":
+                    item.due = retry_at
+                elif verdict == "undecodable" and now - (item.undecodable_since or now) < self.settings.decode_timeout:
+                    item.undecodable_since = item.undecodable_since or now
+                    item.due = now + max(self.quiet, 1.0)
+                else:  # ready, or undecodable for too long: the engine records why it cannot be read
+                    del self.pending[item.key]
+                    rel_dir, _, name = item.rel.rpartition("/")
+                    ready.setdefault((self.ctxs.index(item.ctx), rel_dir), []).append(name)
+            for (i, rel_dir), names in ready.items():
+                self.queued += len(names)
+                await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
+
+    def _check_many(self, items: list[Pending]) -> list[tuple[Verdict, float]]:
+        return [self._check(item) for item in items]
+
+    def _check(self, item: Pending) -> tuple[Verdict, float]:
+        """Stable (size and mtime unchanged for a quiet period) and decodable? (blocking)"""
+        now = time.monotonic()
+        try:
+            st = os.stat(item.path)
+        except FileNotFoundError:
+            return "gone", 0.0
+        except OSError:
+            return "ready", 0.0  # unreadable: the engine records the error
+        stat = (st.st_size, st.st_mtime_ns)
+        if stat != item.stat:
+            item.stat, item.stat_since = stat, now
+        age = time.time() - st.st_mtime_ns / 1e9  # negative when a share's clock runs ahead
+        unchanged_for = max(now - item.stat_since, age if age >= 0 else 0.0)
+        if unchanged_for < self.quiet:
+            return "wait", now + self.quiet - unchanged_for
+        try:
+            with open_image(item.path) as image:
+                image.size  # noqa: B018  (open_image decodes every pixel)
+        except ImageTooLarge:
+            return "ready", 0.0
+        except ImageError:
+            return "undecodable", 0.0
+        except OSError:
+            return "ready", 0.0
+        return "ready", 0.0
+
+    # -- moves and deletes (in the watcher's thread, in event order) -------------------
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("watch: %s%r failed", getattr(fn, "__name__", fn), args)
+
+    def _read_docs(self, ctx: RootContext, rel: str) -> dict[str, dict[str, Any]]:
+        """The image's sidecars, by plugin (a corrupt one is left where it is)."""
+        docs = {}
+        for pname in self.engine.plans:
+            path = ctx.layout.sidecar_path(rel, pname)
+            try:
+                doc = read_sidecar(path)
+            except (CorruptSidecar, OSError) as exc:
+                log.warning("sidecar %s not carried over: %s", path, exc)
+                continue
+            if doc is not None:
+                docs[pname] = doc
+        return docs
+
+    def _place(self, docs: dict[str, dict[str, Any]], ctx: RootContext, rel: str, old: Orphan | None) -> None:
+        """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from ``old``'s place."""
+        for pname, doc in docs.items():
+            info = doc.setdefault("file_info", {})
+            info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
+            new = ctx.layout.sidecar_path(rel, pname)
+            new.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(new, dumps(doc))
+            if old is not None and (old.ctx, old.rel) != (ctx, rel):
+                old.ctx.layout.sidecar_path(old.rel, pname).unlink(missing_ok=True)
+
+    def _moved(self, src: tuple[RootContext, str], dest: tuple[RootContext, str]) -> None:
+        """An image moved within the watched folders: its sidecars follow it."""
+        (sctx, srel), (dctx, drel) = src, dest
+        docs = self._read_docs(sctx, srel)
+        if docs:
+            self._place(docs, dctx, drel, Orphan("", 0, sctx, srel, {}, 0.0))
+        else:  # a folder moved with the sidecars beside its images: only their paths need fixing
+            docs = {p: d for p, d in self._read_docs(dctx, drel).items() if d.get("file_info", {}).get("path") != drel}
+            self._place(docs, dctx, drel, None)
+        srel_dir, _, sname = srel.rpartition("/")
+        sctx.index.delete_names(srel_dir, [sname])
+        self.engine.dirty = True
+        log.info("moved %r -> %r (%d sidecars followed)", srel, drel, len(docs))
+
+    def _deleted(self, ctx: RootContext, rel: str) -> None:
+        """An image deleted or moved out: forget it; keep its sidecars in memory a while in case it reappears."""
+        if (ctx.root / rel).exists():
+            return  # already back (saved again by delete and rename): nothing to forget
+        rel_dir, _, name = rel.rpartition("/")
+        ctx.index.delete_names(rel_dir, [name])
+        self.engine.dirty = True
+        docs = self._read_docs(ctx, rel)
+        info = next((d["file_info"] for d in docs.values() if d.get("file_info", {}).get("hash")), None)
+        if info is not None and sum(map(len, self.orphans.values())) < MAX_ORPHANS:
+            orphan = Orphan(info["hash"], int(info.get("size") or 0), ctx, rel, docs, time.monotonic())
+            self.orphans.setdefault(orphan.size, []).append(orphan)
+        if self.settings.on_delete == "delete":
+            for pname in docs:
+                ctx.layout.sidecar_path(rel, pname).unlink(missing_ok=True)
+            kept = f"{len(docs)} sidecars removed"
+        else:
+            kept = "sidecars kept"
+        log.info("deleted %r: its results leave the wildcard files; %s", rel, kept)
+
+    def _adopt(self, ctx: RootContext, rel: str) -> bool:
+        """A new image with the content of one deleted moments ago (a move the events did not pair up,
+        a move across file systems): it takes over that image's sidecars instead of being analysed again.
+        """
+        path = ctx.root / rel
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return False
+        candidates = self.orphans.get(size)
+        if not candidates or any(ctx.layout.sidecar_path(rel, p).exists() for p in self.engine.plans):
+            return False
+        try:
+            image_hash = hash_file(path)[0]
+        except (OSError, FileChangedError):
+            return False
+        orphan = next((o for o in candidates if o.hash == image_hash), None)
+        if orphan is None:
+            return False
+        candidates.remove(orphan)
+        self._place(orphan.docs, ctx, rel, orphan if self.settings.on_delete == "keep" else None)
+        log.info("moved %r -> %r (same content; %d sidecars followed)", orphan.rel, rel, len(orphan.docs))
+        return True
+
+    def _feed(self, ctx: RootContext, rel_dir: str, names: list[str]) -> None:
+        """Stable images to the engine's triage, after taking over the results of any that merely moved."""
+        if self.orphans:
+            for name in names:
+                self._adopt(ctx, f"{rel_dir}/{name}" if rel_dir else name)
+        self.engine.triage_names(ctx, rel_dir, names, self.loop, self.chunks)
+
+    def _expire_orphans(self, max_age: float = ORPHAN_SECONDS) -> None:
+        limit = time.monotonic() - max_age
+        for size in list(self.orphans):
+            left = [o for o in self.orphans[size] if o.at > limit]
+            if left:
+                self.orphans[size] = left
+            else:
+                del self.orphans[size]
+
+    def _forget_folder(self, raw: bytes | str) -> None:
+        path = os.fsdecode(raw)
+        for ctx in self.ctxs:
+            root = str(ctx.root)
+            if path.startswith(root + os.sep):
+                rel_dir = path[len(root) + 1 :].replace(os.sep, "/")
+                for key in [k for k in self.pending if k[0] == ctx.root and k[1].startswith(rel_dir + "/")]:
+                    del self.pending[key]
+                self._ops.submit(self._guard, self._deleted_folder, ctx, rel_dir)
+
+    def _deleted_folder(self, ctx: RootContext, rel_dir: str) -> None:
+        """A folder deleted or moved out: each image it held is forgotten as if deleted one by one."""
+        if (ctx.root / rel_dir).is_dir():
+            return
+        for d in sorted(ctx.index.dirs()):
+            if d == rel_dir or d.startswith(rel_dir + "/"):
+                for name in ctx.index.load_dir(d):
+                    self._deleted(ctx, f"{d}/{name}" if d else name)
+                ctx.index.delete_dirs([d])
+        self.engine.dirty = True
+
+    # -- helpers -----------------------------------------------------------------------
+    async def _in_ops(self, fn: Any, *args: Any) -> Any:
+        return await self.loop.run_in_executor(self._ops, fn, *args)
+
+    def _refresh(self) -> None:
+        self.engine._refresh_wildcards(self.ctxs, force=True)
+        self._commit()
+
+    def _commit(self) -> None:
+        for ctx in self.ctxs:
+            ctx.index.commit()
+
+
+class _Handler(FileSystemEventHandler):
+    """watchdog event handler: every event goes to :meth:`Watcher.hand_off`, nothing else here."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        super().__init__()
+        self.watcher = watcher
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self.watcher.hand_off(event)
