@@ -181,6 +181,9 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
         stats = asyncio.run(engine.run(args.paths))
     except OSError as exc:  # the observer could not start at all
         raise ConfigError(f"cannot watch: {exc.strerror or exc}") from exc
+    if stats.interrupted:
+        log.info("stopped by %s", signal.Signals(engine.stop_signal).name if engine.stop_signal else "request")
+        stats.interrupted = False  # the normal end of a watch
     for line in [*summary_lines(stats), *engine.summaries]:
         log.info(line)
     return 0

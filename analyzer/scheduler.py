@@ -636,7 +636,9 @@ class Engine:
 
     def job_finished(self, key: Key) -> None:
         """One job of the image (or its planning) is over; release the image after the last."""
-        left = self.claims.get(key, 0) - 1
+        if key not in self.claims:
+            return  # work that never claimed the image (an unreadable file's error entry)
+        left = self.claims[key] - 1
         if left > 0:
             self.claims[key] = left
             return

@@ -136,6 +136,7 @@ class Watcher:
         self.pending: dict[Key, Pending] = {}
         self.polling = settings.polling
         self.observer: Any = None
+        self._observer_retry_at = 0.0
         self._events: deque[Any] = deque()
         self._events_lock = threading.Lock()
         self._wake_scheduled = False
@@ -256,21 +257,29 @@ class Watcher:
     def _check_observer(self) -> None:
         """An emitter thread that died (a new folder beyond the inotify limit, say) means polling from now on."""
         observer = self.observer
-        if observer is None:
+        if observer is not None and observer.is_alive() and all(e.is_alive() for e in observer.emitters):
             return
-        if observer.is_alive() and all(e.is_alive() for e in observer.emitters):
+        now = time.monotonic()
+        if now < self._observer_retry_at:
             return
-        if self.polling:
-            log.error("the polling observer stopped; restarting it")
-        else:
-            log.error(
-                "file system events stopped arriving (%s); falling back to polling every %gs",
-                inotify_limit_message(OSError(errno.ENOSPC, "")),
-                self.settings.poll_interval,
-            )
-        self.polling = True
-        self._stop_observer(observer)
-        self.observer = self._schedule(make_observer(True, self.settings.poll_interval), _Handler(self))
+        if observer is not None:
+            if self.polling:
+                log.error("the polling observer stopped; starting it again")
+            else:
+                log.error(
+                    "file system events stopped arriving (%s); falling back to polling every %gs",
+                    inotify_limit_message(OSError(errno.ENOSPC, "")),
+                    self.settings.poll_interval,
+                )
+            self.polling = True
+            self._stop_observer(observer)
+            self.observer = None
+        try:
+            self.observer = self._schedule(make_observer(True, self.settings.poll_interval), _Handler(self))
+        except OSError as exc:  # a root gone (an unmounted share): keep trying, keep the loop alive
+            self._observer_retry_at = now + 30
+            log.error("cannot watch the folders (%s); trying again in 30s", exc.strerror or exc)
+            return
         self._rescan = True  # whatever happened while blind is found by a walk
 
     # -- events (observer thread -> event loop) ----------------------------------------

@@ -389,6 +389,24 @@ def test_sigterm_during_processing_finishes_in_flight_work_cleanly(watch, tmp_pa
     assert rest.analyses() == Counter({f"s{i:02d}.png": 1 for i in range(24)})
 
 
+def test_a_broken_image_gets_its_error_and_the_loop_goes_on(watch, tmp_path):
+    root = tmp_path / "imgs"
+    daemon = watch(ANALYZER_WATCH__DECODE_TIMEOUT="1").start("--plugins", "count,metadata")
+    (root / "broken.png").write_bytes(noise_png(14)[:400])  # truncated for good
+    (root / "empty.png").write_bytes(b"")
+    daemon.wait_for(lambda: (root / "broken.png.metadata.json").exists(), what="the broken image's error")
+    (root / "fine.png").write_bytes(noise_png(15))
+    daemon.wait_analysed("fine.png")
+    daemon.wait_for(lambda: (root / "empty.png.metadata.json").exists(), what="the empty file's error")
+    assert daemon.stop(signal.SIGINT) == 0  # SIGINT stops it as cleanly as SIGTERM
+    broken = json.loads((root / "broken.png.metadata.json").read_text())
+    assert broken["analysis"] == {}
+    assert {e["type"] for by_model in broken["errors"].values() for e in by_model.values()} == {"ImageError"}
+    assert "'broken.png': metadata failed" in daemon.err
+    assert json.loads((root / "fine.png.metadata.json").read_text())["analysis"]["image"]
+    assert "stopped by SIGINT" in daemon.err
+
+
 def test_polling_for_network_shares(watch, tmp_path):
     root = tmp_path / "imgs"
     daemon = watch().start("--polling", "--poll-interval", "0.2")
@@ -459,6 +477,23 @@ class contextlib_suppress_missing:
 
     def __exit__(self, kind: Any, *rest: Any) -> bool:
         return kind is not None and issubclass(kind, FileNotFoundError)
+
+
+def test_heartbeat_shows_gpu_memory_when_a_plugin_uses_a_gpu(monkeypatch):
+    """No GPU here: a stand-in for torch at the boundary, as torch.cuda would answer."""
+    import types
+
+    from analyzer.progress import gpu_memory_text
+
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, memory_allocated=lambda: 1_500_000_000, memory_reserved=lambda: 2_000_000_000
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert gpu_memory_text() == " gpu=1500/2000MB"
+    monkeypatch.setitem(
+        sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False))
+    )
+    assert gpu_memory_text() == ""
 
 
 def test_paths_the_watcher_takes_for_images():
