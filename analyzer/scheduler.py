@@ -157,7 +157,7 @@ class Follower(Protocol):
     def defer(self, ctx: RootContext, rel: str, stat: Stat) -> bool:
         """Called from the walk's thread: True takes an image out of the walk (it is too fresh)."""
 
-    async def follow(self, chunks: asyncio.Queue[list[Candidate] | None], scan: concurrent.futures.Executor) -> None:
+    async def follow(self) -> None:
         """Called after the first walk; returns when the engine is asked to stop."""
 
     def released(self, key: Key, recheck: bool) -> None:
@@ -346,7 +346,7 @@ class Engine:
             try:
                 await loop.run_in_executor(scan, self._triage_all, ctxs, loop, chunks)
                 if self.follower is not None and not self.stop.is_set():
-                    await self.follower.follow(chunks, scan)
+                    await self.follower.follow()
             finally:
                 self.thread_stop.set()
                 for _ in preparers:

@@ -137,6 +137,7 @@ class Watcher:
         self.polling = settings.polling
         self.observer: Any = None
         self._observer_retry_at = 0.0
+        self._closed = False
         self._events: deque[Any] = deque()
         self._events_lock = threading.Lock()
         self._wake_scheduled = False
@@ -172,7 +173,7 @@ class Watcher:
         self._threadsafe(self._touch, ctx, rel)
         return True
 
-    async def follow(self, chunks: asyncio.Queue[list[Candidate] | None], scan: concurrent.futures.Executor) -> None:
+    async def follow(self) -> None:
         engine = self.engine
         debounce = self.settings.wildcards_debounce
         first_change: float | None = None
@@ -185,7 +186,7 @@ class Watcher:
             self._check_observer()
             if self._rescan:
                 self._rescan = False
-                await self._in_ops(engine._triage_all, self.ctxs, self.loop, chunks)
+                await self._in_ops(engine._triage_all, self.ctxs, self.loop, self.chunks)
             if engine.dirty:  # set by any sidecar or index change
                 engine.dirty = False
                 last_change = now
@@ -213,6 +214,7 @@ class Watcher:
         self._rescan = True
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -300,6 +302,8 @@ class Watcher:
         with self._events_lock:
             events, self._events = self._events, deque()
             self._wake_scheduled = False
+        if self._closed:
+            return  # stopping: a restart's walk finds whatever these were about
         for event in events:
             self.events_seen += 1
             try:

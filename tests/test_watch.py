@@ -246,6 +246,25 @@ def test_a_move_across_file_systems_keeps_the_results(watch, tmp_path):
     assert set(docs) == {"there/here.png"} and docs["there/here.png"]["file_info"]["path"] == "there/here.png"
 
 
+def test_sidecars_in_a_mirrored_tree_follow_moves_too(watch, tmp_path):
+    root, mirror = tmp_path / "imgs", tmp_path / "sidecars"
+    daemon = watch().start("--sidecar-dir", str(mirror))
+    (root / "a.png").write_bytes(noise_png(16))
+    daemon.wait_analysed("a.png")
+    daemon.wait_for(lambda: (mirror / "imgs" / "a.png.count.json").exists(), what="the mirrored sidecar")
+    (root / "deeper").mkdir()
+    os.rename(root / "a.png", root / "deeper" / "b.png")
+    moved = mirror / "imgs" / "deeper" / "b.png.count.json"
+    daemon.wait_for(moved.exists, what="the mirrored sidecar to follow")
+    daemon.wait_for(lambda: (mirror / "wildcards" / "count_seen.txt").exists(), what="wildcards in the mirror")
+    daemon.settle()
+    assert daemon.stop() == 0
+    assert daemon.analyses() == Counter({"a.png": 1})
+    assert not (mirror / "imgs" / "a.png.count.json").exists()
+    assert json.loads(moved.read_text())["file_info"]["path"] == "deeper/b.png"
+    assert not list(root.rglob("*.json"))
+
+
 def test_deletes_leave_the_wildcards_and_remove_sidecars_when_asked(watch, tmp_path):
     root = tmp_path / "imgs"
     daemon = watch(ANALYZER_WATCH__ON_DELETE="delete").start()
