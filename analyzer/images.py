@@ -77,3 +77,29 @@ def open_image(path: Path, *, max_pixels: int | None = None) -> Iterator[Image.I
 def is_image_name(name: str) -> bool:
     dot = name.rfind(".")
     return dot > 0 and name[dot + 1 :].lower() in IMAGE_EXTENSIONS
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def has_end_marker(path: Path) -> bool:
+    """Whether the file ends the way a finished PNG, JPEG, GIF or WebP file ends (reads a few bytes).
+
+    A file written front to back gets its end marker last, so this tells a finished image from one
+    still being written without decoding it. ``False`` means "not known to be finished" (another
+    format, trailing bytes after the marker, or truly unfinished): the caller then decodes it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 16))
+        tail = handle.read()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return tail.endswith(_PNG_END)
+    if head.startswith(b"\xff\xd8"):
+        return tail.endswith(b"\xff\xd9")
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return tail.endswith(b";")
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 == size
+    return False

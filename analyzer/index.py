@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -112,15 +112,20 @@ class Index:
         return cls(None)
 
     # -- reading -------------------------------------------------------------------------
-    def load_dir(self, rel_dir: str) -> dict[str, ImageRow]:
+    def load_dir(self, rel_dir: str, names: Sequence[str] | None = None) -> dict[str, ImageRow]:
+        """The rows of a folder's images, or of just ``names`` in it (the watcher's few at a time)."""
         rows: dict[str, ImageRow] = {}
+        where, args = "dir=?", [rel_dir]
+        if names is not None:
+            where += f" AND name IN ({','.join('?' * len(names))})"
+            args = [rel_dir, *names]
         with self._lock:
-            images = self._db.execute("SELECT name, size, mtime_ns, hash FROM images WHERE dir=?", (rel_dir,))
+            images = self._db.execute(f"SELECT name, size, mtime_ns, hash FROM images WHERE {where}", args)
             for name, size, mtime_ns, hash_ in images:
                 rows[name] = ImageRow((size, mtime_ns), hash_)
             sidecars = self._db.execute(
-                "SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed FROM sidecars WHERE dir=?",
-                (rel_dir,),
+                f"SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed FROM sidecars WHERE {where}",
+                args,
             )
             for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed in sidecars:
                 row = rows.get(name)

@@ -438,13 +438,11 @@ class Engine:
                 continue  # gone again: its deletion event does the rest
             if S_ISREG(st.st_mode):
                 listing.images.append((name, (st.st_size, st.st_mtime_ns)))
-        if ctx.layout.beside:
-            for name, _ in listing.images:
-                for pname in self.plans:
-                    sc = sidecar_name(name, pname)
-                    with contextlib.suppress(OSError):
-                        st = os.stat(listing.path / sc)
-                        listing.json_files[sc] = (st.st_size, st.st_mtime_ns)
+        for name, _ in listing.images:  # just these images' sidecars, not the whole folder's
+            for pname in self.plans:
+                with contextlib.suppress(OSError):
+                    st = os.stat(ctx.layout.sidecar_path(listing.rel(name), pname))
+                    listing.json_files[sidecar_name(name, pname)] = (st.st_size, st.st_mtime_ns)
         self._triage_listing(ctx, listing, self._emitter(loop, chunks), partial=True)
 
     def _triage_listing(
@@ -455,8 +453,12 @@ class Engine:
         A ``partial`` listing names only some images of the folder (the watcher's); otherwise the
         index forgets the images the listing no longer has.
         """
-        rows = ctx.index.load_dir(listing.rel_dir)
-        sc_files = self._sidecar_stats(ctx, listing)
+        if partial:
+            rows = ctx.index.load_dir(listing.rel_dir, [name for name, _ in listing.images])
+            sc_files = listing.json_files
+        else:
+            rows = ctx.index.load_dir(listing.rel_dir)
+            sc_files = self._sidecar_stats(ctx, listing)
         chunk: list[Candidate] = []
         defer = self.follower.defer if self.follower is not None and not partial else None
         self.stats.images += len(listing.images)

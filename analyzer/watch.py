@@ -38,7 +38,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from .discovery import Stat, wanted_path
 from .errors import ImageError, ImageTooLarge
 from .hashing import FileChangedError, hash_file
-from .images import open_image
+from .images import has_end_marker, open_image
 from .scheduler import Candidate, Engine, Key, RootContext
 from .settings import WatchSettings
 from .sidecar import CorruptSidecar, atomic_write_text, dumps, read_sidecar
@@ -311,18 +311,22 @@ class Watcher:
             except Exception:  # one odd event never stops the watcher
                 log.exception("could not handle %s", event)
 
-    def _locate(self, raw: bytes | str) -> tuple[RootContext, str] | None:
-        """The root and relative path of an event's path, if it names an image the walk would list."""
+    def _split(self, raw: bytes | str) -> tuple[RootContext, str] | None:
+        """The root an event's path is in and the path relative to it (``/``-separated)."""
         path = os.fsdecode(raw)
-        if not path or any(path.startswith(s) for s in self.skip):
-            return None
         for ctx in self.ctxs:
             root = str(ctx.root)
             if path.startswith(root + os.sep):
-                rel = path[len(root) + 1 :].replace(os.sep, "/")
-                settings = self.engine.settings
-                return (ctx, rel) if wanted_path(rel, settings.include, settings.exclude) else None
+                return ctx, path[len(root) + 1 :].replace(os.sep, "/")
         return None
+
+    def _locate(self, raw: bytes | str) -> tuple[RootContext, str] | None:
+        """The root and relative path of an event's path, if it names an image the walk would list."""
+        if any(os.fsdecode(raw).startswith(s) for s in self.skip):
+            return None
+        found = self._split(raw)
+        settings = self.engine.settings
+        return found if found is not None and wanted_path(found[1], settings.include, settings.exclude) else None
 
     def _on_event(self, event: Any) -> None:
         kind = event.event_type
@@ -422,6 +426,8 @@ class Watcher:
         if unchanged_for < self.quiet:
             return "wait", now + self.quiet - unchanged_for
         try:
+            if has_end_marker(item.path):
+                return "ready", 0.0  # finished, and the plugins decode it anyway: no decode here
             with open_image(item.path) as image:
                 image.size  # noqa: B018  (open_image decodes every pixel)
         except ImageTooLarge:
@@ -539,14 +545,13 @@ class Watcher:
                 del self.orphans[size]
 
     def _forget_folder(self, raw: bytes | str) -> None:
-        path = os.fsdecode(raw)
-        for ctx in self.ctxs:
-            root = str(ctx.root)
-            if path.startswith(root + os.sep):
-                rel_dir = path[len(root) + 1 :].replace(os.sep, "/")
-                for key in [k for k in self.pending if k[0] == ctx.root and k[1].startswith(rel_dir + "/")]:
-                    del self.pending[key]
-                self._ops.submit(self._guard, self._deleted_folder, ctx, rel_dir)
+        found = self._split(raw)
+        if found is None:
+            return
+        ctx, rel_dir = found
+        for key in [k for k in self.pending if k[0] == ctx.root and k[1].startswith(rel_dir + "/")]:
+            del self.pending[key]
+        self._ops.submit(self._guard, self._deleted_folder, ctx, rel_dir)
 
     def _deleted_folder(self, ctx: RootContext, rel_dir: str) -> None:
         """A folder deleted or moved out: each image it held is forgotten as if deleted one by one."""

@@ -515,6 +515,29 @@ def test_heartbeat_shows_gpu_memory_when_a_plugin_uses_a_gpu(monkeypatch):
     assert gpu_memory_text() == ""
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
+def test_finished_files_are_told_from_unfinished_ones_by_their_end(tmp_path, fmt):
+    from analyzer.images import has_end_marker
+
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (48, 48), bytes(range(256)) * 27).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert has_end_marker(whole)
+    assert not has_end_marker(cut)
+
+
+def test_formats_without_an_end_marker_are_left_to_the_decoder(tmp_path):
+    from analyzer.images import has_end_marker
+
+    make_image(tmp_path / "a.bmp")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert not has_end_marker(tmp_path / "a.bmp")
+    assert not has_end_marker(tmp_path / "empty.png")
+
+
 def test_paths_the_watcher_takes_for_images():
     assert wanted_path("a/b.png")
     assert wanted_path("b.JPG")
