@@ -149,6 +149,7 @@ class Watcher:
         self.queued = 0
         self.orphans: dict[int, list[Orphan]] = {}
         """Recently deleted images by size (touched only in the watcher's thread)."""
+        self._orphan_count = 0
 
     # -- the engine's hooks ------------------------------------------------------------
     def start(self, engine: Engine, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:
@@ -459,23 +460,25 @@ class Watcher:
                 docs[pname] = doc
         return docs
 
-    def _place(self, docs: dict[str, dict[str, Any]], ctx: RootContext, rel: str, old: Orphan | None) -> None:
-        """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from ``old``'s place."""
+    def _place(
+        self, docs: dict[str, dict[str, Any]], ctx: RootContext, rel: str, old: tuple[RootContext, str] | None
+    ) -> None:
+        """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place."""
         for pname, doc in docs.items():
             info = doc.setdefault("file_info", {})
             info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
             new = ctx.layout.sidecar_path(rel, pname)
             new.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(new, dumps(doc))
-            if old is not None and (old.ctx, old.rel) != (ctx, rel):
-                old.ctx.layout.sidecar_path(old.rel, pname).unlink(missing_ok=True)
+            if old is not None and old != (ctx, rel):
+                old[0].layout.sidecar_path(old[1], pname).unlink(missing_ok=True)
 
     def _moved(self, src: tuple[RootContext, str], dest: tuple[RootContext, str]) -> None:
         """An image moved within the watched folders: its sidecars follow it."""
         (sctx, srel), (dctx, drel) = src, dest
         docs = self._read_docs(sctx, srel)
         if docs:
-            self._place(docs, dctx, drel, Orphan("", 0, sctx, srel, {}, 0.0))
+            self._place(docs, dctx, drel, src)
         else:  # a folder moved with the sidecars beside its images: only their paths need fixing
             docs = {p: d for p, d in self._read_docs(dctx, drel).items() if d.get("file_info", {}).get("path") != drel}
             self._place(docs, dctx, drel, None)
@@ -493,9 +496,10 @@ class Watcher:
         self.engine.dirty = True
         docs = self._read_docs(ctx, rel)
         info = next((d["file_info"] for d in docs.values() if d.get("file_info", {}).get("hash")), None)
-        if info is not None and sum(map(len, self.orphans.values())) < MAX_ORPHANS:
+        if info is not None and self._orphan_count < MAX_ORPHANS:
             orphan = Orphan(info["hash"], int(info.get("size") or 0), ctx, rel, docs, time.monotonic())
             self.orphans.setdefault(orphan.size, []).append(orphan)
+            self._orphan_count += 1
         if self.settings.on_delete == "delete":
             for pname in docs:
                 ctx.layout.sidecar_path(rel, pname).unlink(missing_ok=True)
@@ -524,7 +528,9 @@ class Watcher:
         if orphan is None:
             return False
         candidates.remove(orphan)
-        self._place(orphan.docs, ctx, rel, orphan if self.settings.on_delete == "keep" else None)
+        self._orphan_count -= 1
+        old = (orphan.ctx, orphan.rel) if self.settings.on_delete == "keep" else None
+        self._place(orphan.docs, ctx, rel, old)
         log.info("moved %r -> %r (same content; %d sidecars followed)", orphan.rel, rel, len(orphan.docs))
         return True
 
@@ -539,6 +545,7 @@ class Watcher:
         limit = time.monotonic() - max_age
         for size in list(self.orphans):
             left = [o for o in self.orphans[size] if o.at > limit]
+            self._orphan_count -= len(self.orphans[size]) - len(left)
             if left:
                 self.orphans[size] = left
             else:
