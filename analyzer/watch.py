@@ -136,7 +136,8 @@ class Watcher:
         self.pending: dict[Key, Pending] = {}
         self.polling = settings.polling
         self.observer: Any = None
-        self._observer_retry_at = 0.0
+        self._next_check = 0.0
+        """Monotonic time of the next look at the observer and the watched folders."""
         self._closed = False
         self._events: deque[Any] = deque()
         self._events_lock = threading.Lock()
@@ -184,7 +185,7 @@ class Watcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(engine.stop.wait(), 0.25)
             now = time.monotonic()
-            self._check_observer()
+            await self._check_observer()
             if self._rescan:
                 self._rescan = False
                 await self._in_ops(engine._triage_all, self.ctxs, self.loop, self.chunks)
@@ -257,33 +258,43 @@ class Watcher:
             observer.stop()
             observer.join(timeout=10)
 
-    def _check_observer(self) -> None:
-        """An emitter thread that died (a new folder beyond the inotify limit, say) means polling from now on."""
-        observer = self.observer
-        if observer is not None and observer.is_alive() and all(e.is_alive() for e in observer.emitters):
-            return
+    async def _check_observer(self) -> None:
+        """Keep an observer running: after its thread died (a new folder beyond the inotify limit)
+        or a watched folder went away (an unmounted share), start one again once the folders are
+        there, and walk them once to catch up with what happened meanwhile. Starting and stopping
+        run in a thread: a polling observer's first snapshot of a big tree takes a while."""
         now = time.monotonic()
-        if now < self._observer_retry_at:
+        if now < self._next_check:
+            return
+        self._next_check = now + min(self.settings.poll_interval, 1.0)
+        observer = self.observer
+        missing = [str(c.root) for c in self.ctxs if not c.root.is_dir()]
+        alive = observer is not None and observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+        if alive and not missing:
             return
         if observer is not None:
-            if self.polling:
-                log.error("the polling observer stopped; starting it again")
-            else:
-                log.error(
-                    "file system events stopped arriving (%s); falling back to polling every %gs",
-                    inotify_limit_message(OSError(errno.ENOSPC, "")),
-                    self.settings.poll_interval,
-                )
-            self.polling = True
-            self._stop_observer(observer)
             self.observer = None
-        try:
-            self.observer = self._schedule(make_observer(True, self.settings.poll_interval), _Handler(self))
-        except OSError as exc:  # a root gone (an unmounted share): keep trying, keep the loop alive
-            self._observer_retry_at = now + 30
-            log.error("cannot watch the folders (%s); trying again in 30s", exc.strerror or exc)
+            await asyncio.to_thread(self._stop_observer, observer)
+        if missing:
+            if observer is not None:
+                log.error("watched folder %s is gone (unmounted?); watching again once it is back", ", ".join(missing))
             return
-        self._rescan = True  # whatever happened while blind is found by a walk
+        if observer is not None and not self.polling:
+            log.error(
+                "file system events stopped arriving (most likely %s); falling back to polling every %gs",
+                inotify_limit_message(OSError(errno.ENOSPC, "")),
+                self.settings.poll_interval,
+            )
+            self.polling = True
+        try:
+            self.observer = await asyncio.to_thread(
+                self._schedule, make_observer(self.polling, self.settings.poll_interval), _Handler(self)
+            )
+        except OSError as exc:
+            log.error("cannot watch the folders (%s); trying again", exc.strerror or exc)
+            return
+        log.info("watching again (%s)", f"polling every {self.settings.poll_interval:g}s" if self.polling else "events")
+        self._rescan = True
 
     # -- events (observer thread -> event loop) ----------------------------------------
     def hand_off(self, event: Any) -> None:

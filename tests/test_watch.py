@@ -439,6 +439,24 @@ def test_polling_for_network_shares(watch, tmp_path):
     assert daemon.analyses() == Counter({"polled.png": 1})
 
 
+def test_a_watched_folder_that_goes_away_and_comes_back_is_watched_again(watch, tmp_path):
+    """As an unmounted and remounted share would: the watcher waits for it, then catches up."""
+    root = tmp_path / "imgs"
+    daemon = watch().start("--poll-interval", "0.3")
+    (root / "before.png").write_bytes(noise_png(17))
+    daemon.wait_for(lambda: (root / "before.png.count.json").exists(), what="the first sidecar")
+    shutil.rmtree(root)
+    daemon.wait_for(lambda: "is gone (unmounted?)" in daemon.err, what="the watcher to notice")
+    root.mkdir()
+    (root / "after.png").write_bytes(noise_png(18))
+    daemon.wait_analysed("after.png")
+    (root / "later.png").write_bytes(noise_png(19))
+    daemon.wait_analysed("later.png")
+    assert daemon.stop() == 0
+    assert "watching again (events)" in daemon.err
+    assert daemon.analyses() == Counter({"before.png": 1, "after.png": 1, "later.png": 1})
+
+
 def test_a_plugin_that_fails_to_start_is_retried_and_catches_up(watch, tmp_path):
     root = tmp_path / "imgs"
     make_image(root / "early.png")
