@@ -137,6 +137,9 @@ class Watcher:
         self.polling = settings.polling
         self.observer: Any = None
         self._next_check = 0.0
+        self._first_change: float | None = None
+        """When the results changed first since the wildcard files were last written."""
+        self._last_change = self._last_commit = self._last_expiry = time.monotonic()
         """Monotonic time of the next look at the observer and the watched folders."""
         self._closed = False
         self._events: deque[Any] = deque()
@@ -147,7 +150,6 @@ class Watcher:
         self._ops = concurrent.futures.ThreadPoolExecutor(1, "analyzer-watch")
         self._tasks: list[asyncio.Task[None]] = []
         self.events_seen = 0
-        self.queued = 0
         self.orphans: dict[int, list[Orphan]] = {}
         """Recently deleted images by size (touched only in the watcher's thread)."""
         self._orphan_count = 0
@@ -176,35 +178,40 @@ class Watcher:
         return True
 
     async def follow(self) -> None:
-        engine = self.engine
-        debounce = self.settings.wildcards_debounce
-        first_change: float | None = None
-        last_change = last_commit = last_expiry = time.monotonic()
         log.info("first walk done; following changes")
-        while not engine.stop.is_set():
+        while not self.engine.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(engine.stop.wait(), 0.25)
-            now = time.monotonic()
-            await self._check_observer()
-            if self._rescan:
-                self._rescan = False
-                await self._in_ops(engine._triage_all, self.ctxs, self.loop, self.chunks)
-            if engine.dirty:  # set by any sidecar or index change
-                engine.dirty = False
-                last_change = now
-                first_change = first_change or now
-            if first_change is not None and (now - last_change >= debounce or now - first_change >= 10 * debounce):
-                first_change = None
-                await self._in_ops(self._refresh)
-                last_commit = now
-            elif now - last_commit >= 30:
-                last_commit = now
-                await self._in_ops(self._commit)
-            if self.orphans and now - last_expiry >= 5:
-                last_expiry = now
-                await self._in_ops(self._expire_orphans)
-        if first_change is not None:
-            engine.dirty = True  # the engine writes the wildcard files once more as it stops
+                await asyncio.wait_for(self.engine.stop.wait(), 0.25)
+            try:
+                await self._housekeeping()
+            except Exception:  # a failing round (a full disk, say) is logged; the watcher keeps going
+                log.exception("watch: housekeeping failed; trying again")
+                await asyncio.sleep(1.0)
+        if self._first_change is not None:
+            self.engine.dirty = True  # the engine writes the wildcard files once more as it stops
+
+    async def _housekeeping(self) -> None:
+        """One round: the observer, a catch-up walk if one is due, debounced wildcards, index commits."""
+        engine, debounce, now = self.engine, self.settings.wildcards_debounce, time.monotonic()
+        await self._check_observer()
+        if self._rescan:
+            self._rescan = False
+            await self._in_ops(engine._triage_all, self.ctxs, self.loop, self.chunks)
+        if engine.dirty:  # set by any sidecar or index change
+            engine.dirty = False
+            self._last_change = now
+            self._first_change = self._first_change or now
+        first = self._first_change
+        if first is not None and (now - self._last_change >= debounce or now - first >= 10 * debounce):
+            self._first_change = None
+            self._last_commit = now
+            await self._in_ops(self._refresh)
+        elif now - self._last_commit >= 30:
+            self._last_commit = now
+            await self._in_ops(self._commit)
+        if self.orphans and now - self._last_expiry >= 5:
+            self._last_expiry = now
+            await self._in_ops(self._expire_orphans)
 
     def released(self, key: Key, recheck: bool) -> None:
         if recheck:
@@ -388,35 +395,41 @@ class Watcher:
     async def _stabilize(self) -> None:
         """Hand each pending image to the engine once it has been left alone for a quiet period."""
         while True:
-            now = time.monotonic()
-            due = [p for p in self.pending.values() if p.due <= now][:256]
-            if not due:
-                self._wake.clear()
-                wait = min((p.due for p in self.pending.values()), default=now + 3600) - now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
-                continue
-            checked = [(p, p.last_event) for p in due]
-            verdicts = await self.engine._in_thread(self._check_many, due)
-            now = time.monotonic()
-            ready: dict[tuple[int, str], list[str]] = {}
-            for (item, seen), (verdict, retry_at) in zip(checked, verdicts, strict=True):
-                if self.pending.get(item.key) is not item or item.last_event != seen:
-                    continue  # a newer event arrived meanwhile: its own check decides
-                if verdict == "gone":
-                    del self.pending[item.key]
-                elif verdict == "wait":
-                    item.due = retry_at
-                elif verdict == "undecodable" and now - (item.undecodable_since or now) < self.settings.decode_timeout:
-                    item.undecodable_since = item.undecodable_since or now
-                    item.due = now + max(self.quiet, 1.0)
-                else:  # ready, or undecodable for too long: the engine records why it cannot be read
-                    del self.pending[item.key]
-                    rel_dir, _, name = item.rel.rpartition("/")
-                    ready.setdefault((self.ctxs.index(item.ctx), rel_dir), []).append(name)
-            for (i, rel_dir), names in ready.items():
-                self.queued += len(names)
-                await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
+            try:
+                await self._stabilize_once()
+            except Exception:  # never let one bad round end the watching
+                log.exception("watch: checking waiting images failed; trying again")
+                await asyncio.sleep(1.0)
+
+    async def _stabilize_once(self) -> None:
+        now = time.monotonic()
+        due = [p for p in self.pending.values() if p.due <= now][:256]
+        if not due:
+            self._wake.clear()
+            wait = min((p.due for p in self.pending.values()), default=now + 3600) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+            return
+        checked = [(p, p.last_event) for p in due]
+        verdicts = await self.engine._in_thread(self._check_many, due)
+        now = time.monotonic()
+        ready: dict[tuple[int, str], list[str]] = {}
+        for (item, seen), (verdict, retry_at) in zip(checked, verdicts, strict=True):
+            if self.pending.get(item.key) is not item or item.last_event != seen:
+                continue  # a newer event arrived meanwhile: its own check decides
+            if verdict == "gone":
+                del self.pending[item.key]
+            elif verdict == "wait":
+                item.due = retry_at
+            elif verdict == "undecodable" and now - (item.undecodable_since or now) < self.settings.decode_timeout:
+                item.undecodable_since = item.undecodable_since or now
+                item.due = now + max(self.quiet, 1.0)
+            else:  # ready, or undecodable for too long: the engine records why it cannot be read
+                del self.pending[item.key]
+                rel_dir, _, name = item.rel.rpartition("/")
+                ready.setdefault((self.ctxs.index(item.ctx), rel_dir), []).append(name)
+        for (i, rel_dir), names in ready.items():
+            await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
 
     def _check_many(self, items: list[Pending]) -> list[tuple[Verdict, float]]:
         return [self._check(item) for item in items]
