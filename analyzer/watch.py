@@ -429,7 +429,12 @@ class Watcher:
                 rel_dir, _, name = item.rel.rpartition("/")
                 ready.setdefault((self.ctxs.index(item.ctx), rel_dir), []).append(name)
         for (i, rel_dir), names in ready.items():
-            await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
+            try:
+                await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
+            except Exception:
+                for name in names:  # not lost: looked at again after a quiet period
+                    self._touch(self.ctxs[i], f"{rel_dir}/{name}" if rel_dir else name)
+                raise
 
     def _check_many(self, items: list[Pending]) -> list[tuple[Verdict, float]]:
         return [self._check(item) for item in items]

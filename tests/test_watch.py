@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -565,12 +566,36 @@ def test_paths_the_watcher_takes_for_images():
     assert not wanted_path("a/b.png", include=["*.jpg"])
 
 
-async def test_when_the_inotify_limit_is_reached_it_says_how_to_fix_it_and_polls(tmp_path, monkeypatch, caplog):
-    """The limit cannot be lowered safely on a shared machine: the native observer is made to fail like it."""
+async def watch_in_process(root: Path, until: Callable[[], bool], **watch: Any) -> str:
+    """Run the engine with a watcher in this process (for faults injected at the boundary) until ``until()``."""
     from analyzer import watch as watch_module
     from analyzer.registry import select_plugins
     from analyzer.scheduler import Engine
     from analyzer.settings import load_settings
+
+    settings = load_settings(None, watch={"quiet_period": 0.2, "poll_interval": 0.2, **watch}, heartbeat_interval=0)
+    plugins, _ = select_plugins(settings, ["metadata"], check_requirements=True)
+    engine = Engine(settings, plugins, follower=watch_module.Watcher(settings.watch))
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("analyzer").addHandler(handler)
+    try:
+        task = asyncio.create_task(engine.run([root]))
+        for _ in range(400):
+            if task.done() or until():
+                break
+            await asyncio.sleep(0.05)
+        engine.request_stop()
+        await task
+    finally:
+        logging.getLogger("analyzer").removeHandler(handler)
+    return "\n".join(records)
+
+
+async def test_when_the_inotify_limit_is_reached_it_says_how_to_fix_it_and_polls(tmp_path, monkeypatch):
+    """The limit cannot be lowered safely on a shared machine: the native observer is made to fail like it."""
+    from analyzer import watch as watch_module
 
     real = watch_module.make_observer
 
@@ -586,22 +611,41 @@ async def test_when_the_inotify_limit_is_reached_it_says_how_to_fix_it_and_polls
 
     monkeypatch.setattr(watch_module, "make_observer", limited)
     root = tmp_path / "imgs"
+    make_image(root / "first.png")
+    sidecar = root / "later.png.metadata.json"
+
+    def until() -> bool:
+        if (root / "first.png.metadata.json").exists() and not (root / "later.png").exists():
+            make_image(root / "later.png")
+        return sidecar.exists()
+
+    log = await watch_in_process(root, until)
+    assert "fs.inotify.max_user_watches" in log
+    assert "sudo sysctl fs.inotify.max_user_watches=524288" in log
+    assert "falling back to polling every 0.2s" in log
+    assert sidecar.exists()
+
+
+async def test_a_failing_hand_over_is_logged_and_the_image_is_not_lost(tmp_path, monkeypatch):
+    from analyzer.scheduler import Engine
+
+    real, failures = Engine.triage_names, []
+
+    def flaky(self: Engine, *args: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        real(self, *args)
+
+    monkeypatch.setattr(Engine, "triage_names", flaky)
+    root = tmp_path / "imgs"
     root.mkdir()
-    settings = load_settings(None, watch={"quiet_period": 0.2, "poll_interval": 0.2}, heartbeat_interval=0)
-    plugins, _ = select_plugins(settings, ["metadata"], check_requirements=True)
-    engine = Engine(settings, plugins, follower=watch_module.Watcher(settings.watch))
-    caplog.set_level(logging.INFO, logger="analyzer")
-    task = asyncio.create_task(engine.run([root]))
-    while "following changes" not in caplog.text:
-        await asyncio.sleep(0.05)
-    make_image(root / "later.png")
-    for _ in range(200):
-        if (root / "later.png.metadata.json").exists():
-            break
-        await asyncio.sleep(0.05)
-    engine.request_stop()
-    await task
-    assert "fs.inotify.max_user_watches" in caplog.text
-    assert "sudo sysctl fs.inotify.max_user_watches=524288" in caplog.text
-    assert "falling back to polling every 0.2s" in caplog.text
-    assert (root / "later.png.metadata.json").exists()
+
+    def until() -> bool:
+        if not (root / "late.png").exists():
+            make_image(root / "late.png")
+        return (root / "late.png.metadata.json").exists()
+
+    log = await watch_in_process(root, until)
+    assert failures and "checking waiting images failed; trying again" in log
+    assert (root / "late.png.metadata.json").exists()
