@@ -177,10 +177,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     from .watch import Watcher
 
     engine, _ = _engine(settings, args, "run", Watcher(settings.watch))
-    try:
-        stats = asyncio.run(engine.run(args.paths))
-    except OSError as exc:  # the observer could not start at all
-        raise ConfigError(f"cannot watch: {exc.strerror or exc}") from exc
+    stats = asyncio.run(engine.run(args.paths))
     if stats.interrupted:
         log.info("stopped by %s", signal.Signals(engine.stop_signal).name if engine.stop_signal else "request")
         stats.interrupted = False  # the normal end of a watch

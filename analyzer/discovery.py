@@ -161,9 +161,7 @@ class _Walker:
                 listing.images.append((name, (st.st_size, st.st_mtime_ns)))
 
     def _wanted(self, rel: str) -> bool:
-        if self.include and not any(glob_match(rel, p) for p in self.include):
-            return False
-        return not (self.exclude and any(glob_match(rel, p) for p in self.exclude))
+        return _globs_allow(rel, self.include, self.exclude)
 
 
 def walk(
@@ -204,6 +202,10 @@ def wanted_path(rel: str, include: Sequence[str] = (), exclude: Sequence[str] = 
         for i in range(1, len(parts)):
             if _dir_excluded("/".join(parts[:i]), exclude):
                 return False
+    return _globs_allow(rel, include, exclude)
+
+
+def _globs_allow(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     if include and not any(glob_match(rel, p) for p in include):
         return False
     return not (exclude and any(glob_match(rel, p) for p in exclude))

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from .discovery import Stat, wanted_path
-from .errors import ImageError, ImageTooLarge
+from .errors import ConfigError, ImageError, ImageTooLarge
 from .hashing import FileChangedError, hash_file
 from .images import has_end_marker, open_image
 from .scheduler import Candidate, Engine, Key, RootContext
@@ -244,10 +244,13 @@ class Watcher:
         except OSError as exc:
             message = inotify_limit_message(exc)
             if message is None or self.polling:
-                raise
+                raise ConfigError(f"cannot watch {', '.join(str(c.root) for c in self.ctxs)}: {exc}") from exc
             log.error("%s; falling back to polling every %gs", message, self.settings.poll_interval)
         self.polling = True
-        self.observer = self._schedule(make_observer(True, self.settings.poll_interval), handler)
+        try:
+            self.observer = self._schedule(make_observer(True, self.settings.poll_interval), handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot watch {', '.join(str(c.root) for c in self.ctxs)}: {exc}") from exc
 
     def _schedule(self, observer: Any, handler: Any) -> Any:
         for ctx in self.ctxs:

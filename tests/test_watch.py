@@ -114,8 +114,14 @@ class Daemon:
                 raise AssertionError(f"timed out waiting for {what or condition}:\n{self.err[-3000:]}")
             time.sleep(0.05)
 
-    def wait_analysed(self, *rels: str, timeout: float = 30) -> None:
-        self.wait_for(lambda: all(self.analyses()[r] >= 1 for r in rels), timeout, f"analyses of {rels}")
+    def wait_analysed(self, *rels: str, timeout: float = 30, beside: bool = True) -> None:
+        """Until each image was analysed and (``beside``) its sidecar is written next to it."""
+
+        def done() -> bool:
+            seen = self.analyses()
+            return all(seen[r] >= 1 and (not beside or (self.root / f"{r}.count.json").exists()) for r in rels)
+
+        self.wait_for(done, timeout, f"analyses of {rels}")
 
     def settle(self, seconds: float = 1.5) -> None:
         """Give stray events time to cause (wrong) extra analyses before counting."""
@@ -251,7 +257,7 @@ def test_sidecars_in_a_mirrored_tree_follow_moves_too(watch, tmp_path):
     root, mirror = tmp_path / "imgs", tmp_path / "sidecars"
     daemon = watch().start("--sidecar-dir", str(mirror))
     (root / "a.png").write_bytes(noise_png(16))
-    daemon.wait_analysed("a.png")
+    daemon.wait_analysed("a.png", beside=False)
     daemon.wait_for(lambda: (mirror / "imgs" / "a.png.count.json").exists(), what="the mirrored sidecar")
     (root / "deeper").mkdir()
     os.rename(root / "a.png", root / "deeper" / "b.png")
