@@ -137,10 +137,10 @@ class Watcher:
         self.polling = settings.polling
         self.observer: Any = None
         self._next_check = 0.0
+        """Monotonic time of the next look at the observer and the watched folders."""
         self._first_change: float | None = None
         """When the results changed first since the wildcard files were last written."""
         self._last_change = self._last_commit = self._last_expiry = time.monotonic()
-        """Monotonic time of the next look at the observer and the watched folders."""
         self._closed = False
         self._events: deque[Any] = deque()
         self._events_lock = threading.Lock()
@@ -166,9 +166,12 @@ class Watcher:
         log.info(
             "watching %s (%s); an image is analysed once unchanged for %gs",
             ", ".join(str(c.root) for c in ctxs),
-            f"polling every {self.settings.poll_interval:g}s" if self.polling else "file system events",
+            self._how(),
             self.quiet,
         )
+
+    def _how(self) -> str:
+        return f"polling every {self.settings.poll_interval:g}s" if self.polling else "file system events"
 
     def defer(self, ctx: RootContext, rel: str, stat: Stat) -> bool:
         """From the walk's thread: an image modified within the quiet period waits for the stability check."""
@@ -303,7 +306,7 @@ class Watcher:
         except OSError as exc:
             log.error("cannot watch the folders (%s); trying again", exc.strerror or exc)
             return
-        log.info("watching again (%s)", f"polling every {self.settings.poll_interval:g}s" if self.polling else "events")
+        log.info("watching again (%s)", self._how())
         self._rescan = True
 
     # -- events (observer thread -> event loop) ----------------------------------------

@@ -460,7 +460,7 @@ def test_a_watched_folder_that_goes_away_and_comes_back_is_watched_again(watch, 
     (root / "later.png").write_bytes(noise_png(19))
     daemon.wait_analysed("later.png")
     assert daemon.stop() == 0
-    assert "watching again (events)" in daemon.err
+    assert "watching again (file system events)" in daemon.err
     assert daemon.analyses() == Counter({"before.png": 1, "after.png": 1, "later.png": 1})
 
 
