@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import AnalyzerError, ConfigError
-from .images import set_max_pixels
+from .engine import Engine, stop_on_signals
+from .errors import EXIT_FAILURES, EXIT_OK, AnalyzerError, ConfigError, exit_code, exit_for_signal
 from .logs import setup_logging
-from .progress import summary_lines
-from .registry import Unavailable, select_plugins
-from .scheduler import Action, Engine, Follower
-from .settings import Settings, load_settings
+from .planner import STATES, RunOptions
+from .plugin import AnalyzerPlugin
+from .progress import RunStats, summary_lines
+from .registry import Unavailable, select_plugins, select_readers
+from .settings import Settings, load_settings, mask_secrets
+from .store import Store
+from .survey import collect_status, rebuild_wildcards, show_values
 
 log = logging.getLogger("analyzer")
 
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modes", type=_csv, help="comma-separated modes to run (default: each plugin's modes)")
     run.add_argument("--force", action="store_true", help="redo results that already exist")
     run.add_argument("--retry-failed", action="store_true", help="retry items that failed permanently before")
+    run.add_argument(
+        "--refresh-stale",
+        action="store_true",
+        help="redo stale results of costly plugins (llm): results whose inputs from other results changed",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the plan and its size; change nothing")
     run.add_argument("--hash-workers", type=int, help="parallel hashing/reading threads")
     run.add_argument("--progress", choices=["auto", "bar", "plain"])
@@ -83,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _scan_options(wild)
     _common(wild)
 
-    status = sub.add_parser("status", help="count done, failed and missing results per plugin and mode")
+    show = sub.add_parser("show", help="print an image's results, by selector (plugin.mode[@model][.field])")
+    show.add_argument("image", type=Path, metavar="IMAGE")
+    show.add_argument("selectors", nargs="*", metavar="SELECTOR", help="e.g. metadata.prompt (default: every result)")
+    show.add_argument("--plugins", type=_csv, help="comma-separated plugins to look at (default: all available)")
+    show.add_argument("--sidecar-dir", type=Path, help="sidecars are in this mirrored tree")
+    _common(show)
+
+    status = sub.add_parser("status", help="count done, stale, failed, blocked and missing results per plugin and mode")
     _scan_options(status)
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
     _common(status)
@@ -131,99 +146,146 @@ def _report_unavailable(items: list[Unavailable]) -> bool:
     return fatal
 
 
-def _engine(
-    settings: Settings, args: argparse.Namespace, action: Action, follower: Follower | None = None
-) -> tuple[Engine, bool]:
-    plugins, unavailable = select_plugins(settings, getattr(args, "plugins", None), check_requirements=action == "run")
+def _plugins(
+    settings: Settings, args: argparse.Namespace, *, check_requirements: bool
+) -> tuple[list[AnalyzerPlugin], list[AnalyzerPlugin], list[Unavailable], bool]:
+    """The plugins a command uses, the ones whose results they read, the unavailable ones, and
+    whether a plugin asked for by name is among those."""
+    plugins, unavailable = select_plugins(
+        settings, getattr(args, "plugins", None), check_requirements=check_requirements
+    )
     fatal = _report_unavailable(unavailable)
     if not plugins:
         raise ConfigError(
             "no plugin to run: "
             + ("; ".join(f"{u.name}: {u.reason}" for u in unavailable) or "none is installed or enabled")
         )
-    engine = Engine(
-        settings,
-        plugins,
-        action=action,
+    return plugins, select_readers(settings, plugins), unavailable, fatal
+
+
+def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Engine, bool]:
+    plugins, readers, unavailable, fatal = _plugins(settings, args, check_requirements=True)
+    options = RunOptions(
         modes=getattr(args, "modes", None),
         force=getattr(args, "force", False),
         retry_failed=getattr(args, "retry_failed", False),
-        dry_run=getattr(args, "dry_run", False),
-        follower=follower,
+        refresh_stale=getattr(args, "refresh_stale", False),
     )
+    engine = Engine(settings, plugins, options=options, readers=readers, dry_run=getattr(args, "dry_run", False))
     engine.stats.unavailable_plugins.extend(f"{u.name}: {u.reason}" for u in unavailable if u.explicit)
     return engine, fatal
 
 
+async def _run(engine: Engine, paths: list[Path]) -> RunStats:
+    unavailable = list(engine.stats.unavailable_plugins)
+    await engine.open(paths)
+    engine.stats.unavailable_plugins.extend(unavailable)
+    with stop_on_signals(engine):
+        try:
+            if await engine.scan():
+                await engine.drain()
+        finally:
+            stats = await engine.close()
+    return stats
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    engine, fatal = _engine(settings, args, "run")
-    stats = asyncio.run(engine.run(args.paths))
+    engine, fatal = _engine(settings, args)
+    if settings.progress == "auto" and not sys.stderr.isatty():
+        engine.progress = "plain"
+    stats = asyncio.run(_run(engine, args.paths))
     if args.dry_run:
         planned = {name: p.planned for name, p in stats.plugins.items()}
         print(
             f"plan: {sum(planned.values())} items for {stats.images - stats.up_to_date} of {stats.images} images"
             + "".join(f"; {k}: {v}" for k, v in sorted(planned.items()))
         )
-        return 0
+        return EXIT_OK
     for line in [*summary_lines(stats), *engine.summaries]:
         log.info(line)
     if stats.interrupted:
-        return 128 + (engine.stop_signal or signal.SIGINT.value)
-    return 1 if fatal or stats.failed or engine.stats.unavailable_plugins else 0
+        return exit_for_signal(engine.stop_signal or signal.SIGINT.value)
+    return EXIT_FAILURES if fatal or stats.failed or engine.stats.unavailable_plugins else EXIT_OK
 
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     """Runs until SIGINT/SIGTERM; a stop that finishes cleanly is a success (exit 0)."""
-    from .watch import Watcher
+    from .watch import watch
 
-    engine, _ = _engine(settings, args, "run", Watcher(settings.watch))
-    stats = asyncio.run(engine.run(args.paths))
+    engine, _ = _engine(settings, args)
+    stats = asyncio.run(watch(engine, args.paths))
     if stats.interrupted:
         log.info("stopped by %s", signal.Signals(engine.stop_signal).name if engine.stop_signal else "request")
         stats.interrupted = False  # the normal end of a watch
     for line in [*summary_lines(stats), *engine.summaries]:
         log.info(line)
-    return 0
+    return EXIT_OK
 
 
 def cmd_wildcards(settings: Settings, args: argparse.Namespace) -> int:
-    engine, _ = _engine(settings, args, "refresh")
-    asyncio.run(engine.run(args.paths))
-    if not engine.wildcard_files:
+    plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
+    written = rebuild_wildcards(settings, plugins, args.paths)
+    if not written:
         log.info("no wildcard entries found")
-    for name, count in engine.wildcard_files.items():
+    for name, count in written.items():
         print(f"{name}\t{count}")
-    return 0
+    return EXIT_OK
+
+
+def _selector_text(plugin: str, mode: str, model: str, models: int) -> str:
+    return f"{plugin}.{mode}" + (f"@{model}" if models > 1 else "")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    engine, _ = _engine(settings, args, "status")
-    stats = asyncio.run(engine.run(args.paths))
-    table: dict[tuple[str, str, str], dict[str, int]] = {}
-    for plan in engine.plans.values():
-        for mode, model in plan.items:
-            table[(plan.name, mode, model)] = {"done": 0, "failed": 0, "missing": 0}
-    for (plugin, mode, model, state), n in engine.counts.items():
-        table.setdefault((plugin, mode, model), {"done": 0, "failed": 0, "missing": 0})[state] += n
+    plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
+    status = collect_status(settings, plugins, args.paths, readers)
+    models = {(p, m): sum(1 for (p2, m2, _) in status.counts if (p2, m2) == (p, m)) for (p, m, _) in status.counts}
+    rows = sorted(status.counts.items())
     if args.json:
+        results = [
+            {"plugin": p, "mode": m, "model": mo, "selector": _selector_text(p, m, mo, models[(p, m)]), **c}
+            for (p, m, mo), c in rows
+        ]
         print(
             json.dumps(
-                {
-                    "images": stats.images,
-                    "changed_since_analysed": stats.changed,
-                    "results": [{"plugin": p, "mode": m, "model": mo, **c} for (p, m, mo), c in sorted(table.items())],
-                },
-                indent=2,
+                {"images": status.images, "changed_since_analysed": status.changed, "results": results}, indent=2
             )
         )
-        return 0
-    print(f"{stats.images} images ({stats.changed} changed since last analysed)")
-    wide = [max([len(h), *(len(key[i]) for key in table)]) for i, h in enumerate(("plugin", "mode", "model"))]
-    rows = [(("plugin", "mode", "model"), ("done", "failed", "missing"))]
-    rows += [(key, (str(c["done"]), str(c["failed"]), str(c["missing"]))) for key, c in sorted(table.items())]
-    for names, counts in rows:
+        return EXIT_OK
+    print(f"{status.images} images ({status.changed} changed since last analysed)")
+    heads = ("plugin", "mode", "model")
+    wide = [max([len(h), *(len(key[i]) for key, _ in rows)]) for i, h in enumerate(heads)]
+    table = [(heads, STATES)] + [(key, tuple(str(c[s]) for s in STATES)) for key, c in rows]
+    for names, counts in table:
         print(" ".join(n.ljust(w) for n, w in zip(names, wide, strict=True)), *(n.rjust(8) for n in counts))
-    return 0
+    held = {s: sum(c[s] for _, c in rows) for s in ("stale", "blocked")}
+    if held["stale"]:
+        print(
+            f"{held['stale']} stale: results made from other results that have changed since "
+            "(a cheap plugin redoes them on the next run; a costly one with --refresh-stale)"
+        )
+    if held["blocked"]:
+        print(f"{held['blocked']} blocked: they read a result that failed for the image (retried when it exists)")
+    return EXIT_OK
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    """Print what selectors name for one image (every result, when none is given)."""
+    plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
+    image = args.image.resolve()
+    if not image.is_file():
+        raise ConfigError(f"{args.image} is not a file")
+    roots = [r.resolve() for r in settings.roots if image.is_relative_to(r.resolve())]
+    store = Store.open(roots[0] if roots else image.parent, settings)
+    try:
+        rel = image.relative_to(store.root).as_posix()
+        print(f"id\t{store.image_id(rel)}")
+        found = show_values(store, rel, [*plugins, *readers], args.selectors)
+    finally:
+        store.close()
+    for text, value in found:
+        print(f"{text}\t{value}")
+    return EXIT_OK
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -232,16 +294,22 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     data["plugin_options"] = {p.name: p.options.model_dump(mode="json") for p in plugins} | {
         name: opts for name, opts in data["plugin_options"].items() if name not in {p.name for p in plugins}
     }
-    from .settings import _mask
-
-    print(json.dumps(_mask(data), indent=2, default=str))
-    return 0
+    print(json.dumps(mask_secrets(data), indent=2, default=str))
+    return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "watch": cmd_watch, "wildcards": cmd_wildcards, "status": cmd_status, "config": cmd_config}
+COMMANDS = {
+    "run": cmd_run,
+    "watch": cmd_watch,
+    "wildcards": cmd_wildcards,
+    "status": cmd_status,
+    "show": cmd_show,
+    "config": cmd_config,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load settings, run the command; every error's exit code comes from :func:`errors.exit_code`."""
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
@@ -251,16 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rich_console=(args.command == "run" and settings.progress == "bar")
             or (args.command == "run" and settings.progress == "auto" and sys.stderr.isatty()),
         )
-        set_max_pixels(settings.max_image_pixels)
         return COMMANDS[args.command](settings, args)
-    except ConfigError as exc:
-        print(f"analyzer: error: {exc}", file=sys.stderr)
-        return 2
-    except AnalyzerError as exc:
-        print(f"analyzer: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except (AnalyzerError, KeyboardInterrupt) as exc:
+        if isinstance(exc, AnalyzerError):
+            print(f"analyzer: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

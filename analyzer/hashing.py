@@ -11,12 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from .errors import FileChangedError as FileChangedError  # re-exported: it was defined here
+
 ALGORITHM = "sha256"
 CHUNK = 1 << 20
-
-
-class FileChangedError(OSError):
-    """The file changed while it was being read."""
 
 
 def hash_file(path: Path) -> tuple[str, int, int]:

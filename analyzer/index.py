@@ -2,7 +2,8 @@
 
 The sidecars are the truth; the index only remembers, per image, the image's size, mtime and
 hash, and per sidecar its size and mtime and a digest of its contents (which modes and models
-are done or failed, its wildcard entries). Whenever a sidecar's size or mtime differs from
+are done or failed, its wildcard entries, the context digests its results were made from, and
+the digests of the values other plugins read from it). Whenever a sidecar's size or mtime differs from
 what the index remembers, the sidecar is read again and the index row replaced; a missing or
 unreadable index is rebuilt the same way. Deleting it is always safe.
 """
@@ -23,7 +24,7 @@ from .discovery import Stat
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
 INDEX_NAME = "index.sqlite"
 
 _SCHEMA = """
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS images(
 CREATE TABLE IF NOT EXISTS sidecars(
     dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL,
     sc_size INTEGER, sc_mtime_ns INTEGER, hash TEXT,
-    done TEXT, retry TEXT, failed TEXT, wild TEXT,
+    done TEXT, retry TEXT, failed TEXT, wild TEXT, ctx TEXT, sel TEXT,
     PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
 """
 
@@ -47,6 +48,10 @@ class SidecarRow:
     retry: frozenset[str]
     failed: frozenset[str]
     wild: str | None = None
+    ctx: dict[str, str] | None = None
+    """``"mode\tmodel"`` -> digest of the context (other results) that result was made from."""
+    sel: dict[str, str] | None = None
+    """selector text -> digest of its value in this sidecar, for the selectors other plugins read."""
 
 
 @dataclass(slots=True)
@@ -60,6 +65,14 @@ class ImageRow:
 def _keys(text: str | None) -> frozenset[str]:
     """Most sidecars have the same done/failed keys: one shared frozenset per distinct text."""
     return frozenset(text.split("\n")) if text else frozenset()
+
+
+def _json_map(text: str | None) -> dict[str, str] | None:
+    return json.loads(text) if text else None
+
+
+def _json_text(value: dict[str, str] | None) -> str | None:
+    return json.dumps(value, sort_keys=True) if value else None
 
 
 class Index:
@@ -80,16 +93,19 @@ class Index:
             self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
             self._init()
         self._pending = 0
+        self.changes = 0
+        """Counts every change (under the lock): a reader compares it with the count it saw last."""
 
     def _init(self) -> None:
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
         row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is None or row[0] != INDEX_VERSION:
-            db.executescript("DELETE FROM images; DELETE FROM sidecars;")
+        if row is None or row[0] != INDEX_VERSION:  # another layout: rebuilt from the sidecars
+            db.executescript("DROP TABLE IF EXISTS images; DROP TABLE IF EXISTS sidecars;")
             db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
+        db.executescript(_SCHEMA)
         db.execute("BEGIN")
 
     @classmethod
@@ -124,14 +140,24 @@ class Index:
             for name, size, mtime_ns, hash_ in images:
                 rows[name] = ImageRow((size, mtime_ns), hash_)
             sidecars = self._db.execute(
-                f"SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed FROM sidecars WHERE {where}",
+                "SELECT name, plugin, sc_size, sc_mtime_ns, hash, done, retry, failed, ctx, sel "
+                f"FROM sidecars WHERE {where}",
                 args,
             )
-            for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed in sidecars:
+            for name, plugin, sc_size, sc_mtime, hash_, done, retry, failed, ctx, sel in sidecars:
                 row = rows.get(name)
                 if row is None:
                     row = rows[name] = ImageRow()
-                row.sidecars[plugin] = SidecarRow((sc_size, sc_mtime), hash_, _keys(done), _keys(retry), _keys(failed))
+                row.sidecars[plugin] = SidecarRow(
+                    (sc_size, sc_mtime),
+                    hash_,
+                    _keys(done),
+                    _keys(retry),
+                    _keys(failed),
+                    None,
+                    _json_map(ctx),
+                    _json_map(sel),
+                )
         return rows
 
     def dirs(self) -> set[str]:
@@ -165,7 +191,7 @@ class Index:
     def put_sidecar(self, rel_dir: str, name: str, plugin: str, stat: Stat, row: SidecarRow) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     rel_dir,
                     name,
@@ -177,6 +203,8 @@ class Index:
                     "\n".join(sorted(row.retry)),
                     "\n".join(sorted(row.failed)),
                     row.wild,
+                    _json_text(row.ctx),
+                    _json_text(row.sel),
                 ),
             )
             self._tick()
@@ -201,6 +229,7 @@ class Index:
             self._tick()
 
     def _tick(self) -> None:
+        self.changes += 1
         self._pending += 1
         if self._pending >= 2000:
             self._commit_locked()

@@ -7,18 +7,26 @@ the same way, in this project's ``pyproject.toml``)::
     [project.entry-points."analyzer.plugins"]
     myplugin = "my_package:MyPlugin"
 
-The scheduler calls, in order:
+A plugin implements two methods: :meth:`~AnalyzerPlugin.model_ids` (what a mode is computed
+with) and :meth:`~AnalyzerPlugin.analyze`. The engine calls, in order:
 
 1. ``MyPlugin(options)`` with the validated :attr:`AnalyzerPlugin.Options` for the plugin;
 2. ``await plugin.setup()`` once, lazily, only when some image actually misses one of its modes;
-3. ``await plugin.analyze(mode, images)`` many times, for batches of at most
-   ``options.batch_size`` images, with at most ``options.concurrency`` calls in flight.
-   Several modes asked of the same batch are requested one after another, so a plugin may
-   cache work shared between modes (see :class:`SharedWork`);
-4. ``await plugin.close()`` once at the end of the run.
+3. ``await plugin.analyze(mode, model_id, images)`` many times, for batches of at most
+   ``options.batch_size`` images, with at most ``options.concurrency`` calls in flight. Several
+   modes asked of the same batch are requested one after another, so a plugin may cache work
+   shared between modes (see :class:`SharedWork`);
+4. ``await plugin.close()`` once when the engine shuts down.
 
 ``analyze`` returns one :class:`Result` or :class:`Failure` per image, in order. Raising an
-exception fails the whole batch with that error; it never stops the run.
+exception fails the whole batch with that error; it never stops the run. :meth:`ImageRef.read`
+opens an image and turns every way it can be broken into a :class:`Failure`.
+
+A mode that reads other results (an LLM template quoting ``{metadata.prompt}``) names them in
+:meth:`~AnalyzerPlugin.reads` with selectors (:mod:`analyzer.selector`); the engine computes
+them first for the same image and hands their values over in :attr:`ImageRef.context`.
+
+Optional, for one consumer each: :class:`Summarizes` (lines for the end-of-run summary).
 """
 
 from __future__ import annotations
@@ -26,12 +34,19 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ErrorType, ImageError, error_type
+from .images import DEFAULT_MAX_PIXELS, open_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "AnalyzerPlugin",
@@ -41,12 +56,15 @@ __all__ = [
     "PluginOptions",
     "Result",
     "SharedWork",
+    "Summarizes",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class ImageRef:
-    """One image as the scheduler hands it to a plugin."""
+    """One image as the engine hands it to a plugin."""
 
     path: Path
     """Absolute path of the image file."""
@@ -56,8 +74,31 @@ class ImageRef:
     """Content hash, ``"<algorithm>:<hex>"``; identical content gives the same hash."""
     size: int
     mtime_ns: int
-    context: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
-    """Existing results of other plugins for this image: ``{plugin: {mode: result}}``."""
+    context: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """The values of the selectors :meth:`AnalyzerPlugin.reads` names, for this image, by selector
+    text (``{"metadata.prompt": "a cat"}``); a selector with no value maps to ``selector.MISSING``."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels are refused by :meth:`open` (the ``max_image_pixels`` setting)."""
+
+    @contextmanager
+    def open(self) -> Iterator[Image.Image]:
+        """The decoded image (blocking). Raises :class:`~analyzer.errors.ImageError` or ``OSError``."""
+        with open_image(self.path, max_pixels=self.max_pixels) as image:
+            yield image
+
+    def read(self, use: Callable[[Image.Image], T]) -> T | Failure:
+        """``use(image)`` on the decoded image, or the :class:`Failure` that says why it cannot be read.
+
+        A broken image (empty, truncated, corrupt, too large) is a permanent failure; a file that
+        cannot be read now (vanished, permission denied, I/O error) a retryable one.
+        """
+        try:
+            with self.open() as image:
+                return use(image)
+        except ImageError as exc:
+            return Failure.from_exception(exc, retryable=False)
+        except OSError as exc:
+            return Failure.from_exception(exc, retryable=True)
 
 
 @dataclass(slots=True)
@@ -74,7 +115,11 @@ class Result:
 
 @dataclass(slots=True)
 class Failure:
-    """A failed analysis of one image in one mode. Never stored as a result."""
+    """A failed analysis of one image in one mode. Never stored as a result.
+
+    ``type`` is one of :class:`~analyzer.errors.ErrorType` (any other text is recorded as
+    ``PluginError``, with the text kept at the start of the message).
+    """
 
     type: str
     message: str
@@ -82,12 +127,21 @@ class Failure:
     """True when trying again later may succeed (network, rate limits, a file being written)."""
     attempts: int = 1
 
+    def __post_init__(self) -> None:
+        if self.type not in ErrorType.__members__.values():
+            self.message = f"{self.type}: {self.message}"
+            self.type = ErrorType.PLUGIN_ERROR
+        self.type = str(self.type)
+
     @classmethod
     def from_exception(cls, exc: BaseException, *, retryable: bool | None = None, attempts: int = 1) -> Failure:
         if retryable is None:
             retryable = isinstance(exc, (TimeoutError, ConnectionError))
+        kind = error_type(exc)
         message = str(exc) or exc.__class__.__name__
-        return cls(type=type(exc).__name__, message=message, retryable=retryable, attempts=attempts)
+        if kind == ErrorType.PLUGIN_ERROR:
+            message = f"{type(exc).__name__}: {message}"
+        return cls(type=kind, message=message, retryable=retryable, attempts=attempts)
 
 
 Outcome = Result | Failure
@@ -127,6 +181,9 @@ class AnalyzerPlugin(ABC):
     """Modes run when the user names none; ``None`` means all of :attr:`modes`."""
     wildcard_modes: tuple[str, ...] = ()
     """Modes whose results are text worth a wildcard file (``<name>_<mode>.txt``)."""
+    costly: ClassVar[bool] = False
+    """Its results cost money (or hours): when what a result read changes, the result is only
+    marked stale, and redone with ``--refresh-stale``; other plugins' stale results are redone."""
     requires: ClassVar[tuple[str, ...]] = ()
     """Importable modules the plugin needs at setup; checked before it is used."""
     install_hint: ClassVar[str] = ""
@@ -138,7 +195,7 @@ class AnalyzerPlugin(ABC):
     def __init__(self, options: PluginOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    # -- what the scheduler asks -------------------------------------------------------
+    # -- what the engine asks ----------------------------------------------------------
     def enabled_modes(self) -> tuple[str, ...]:
         chosen = self.options.modes
         if chosen is None:
@@ -154,20 +211,30 @@ class AnalyzerPlugin(ABC):
         return self.options.concurrency or self.concurrency_hint
 
     @abstractmethod
-    def model_id(self, mode: str) -> str:
-        """The id of the model (and settings) this plugin will use for ``mode``.
-
-        Results are stored per mode and per model id: a different id makes the result
-        missing again, so include whatever changes the output.
-        """
-
     def model_ids(self, mode: str) -> tuple[str, ...]:
-        """Every model id ``mode`` is computed with; one per configured model (default: one).
+        """The ids of the models (and settings) ``mode`` is computed with: usually one.
 
-        A plugin answering one mode with several models (two LLM providers, say) returns them
-        all; the scheduler then calls :meth:`analyze_with` once per model.
+        Results are stored per mode and per model id: a different id makes the result missing
+        again, so include whatever changes the output. A plugin answering one mode with several
+        models (two LLM providers, say) returns them all; :meth:`analyze` is called per model.
         """
-        return (self.model_id(mode),)
+
+    @abstractmethod
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        """Analyse a batch of images in one mode with one of :meth:`model_ids`; one outcome per image, in order.
+
+        Blocking work (decoding, model inference) must not run on the event loop: use
+        ``asyncio.to_thread`` or an executor.
+        """
+
+    def reads(self, mode: str) -> tuple[str, ...]:
+        """Selectors of other plugins' results this mode reads (``("metadata.prompt",)``); default none.
+
+        The engine computes them first, for the same image in the same run, passes their values in
+        :attr:`ImageRef.context`, records a digest of them with the result, and marks the result
+        stale when they change.
+        """
+        return ()
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models, open clients. Raise with a message saying what to install or fix."""
@@ -175,32 +242,21 @@ class AnalyzerPlugin(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`setup` acquired."""
 
-    @abstractmethod
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
-        """Analyse a batch of images in one mode; return one outcome per image, in order.
-
-        Blocking work (decoding, model inference) must not run on the event loop: use
-        ``asyncio.to_thread`` or an executor.
-        """
-
-    async def analyze_with(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
-        """Analyse with one of :meth:`model_ids`; plugins with one model per mode need not override it."""
-        return await self.analyze(mode, images)
-
-    def context_plugins(self) -> tuple[str, ...]:
-        """Plugins whose existing results this plugin reads from :attr:`ImageRef.context`."""
-        return ()
-
-    def summary_lines(self) -> list[str]:
-        """Lines for the end-of-run summary (accounting, for instance)."""
-        return []
-
     def wildcard_entries(self, mode: str, value: Any) -> Iterable[str]:
         """Text entries a result contributes to the ``<name>_<mode>`` wildcard file."""
         if isinstance(value, str):
             yield value
         elif isinstance(value, list):
             yield from (item for item in value if isinstance(item, str))
+
+
+@runtime_checkable
+class Summarizes(Protocol):
+    """A plugin with something to add to the end-of-run summary (the llm plugin's token accounting)."""
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the summary, called once after the plugin is closed."""
+        ...
 
 
 K = TypeVar("K")

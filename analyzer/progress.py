@@ -61,6 +61,10 @@ class PluginStats:
     planned: int = 0
     done: int = 0
     failed: int = 0
+    blocked: int = 0
+    """Items not run: a result they read is missing and not coming (its plugin failed or is not in the run)."""
+    stale_kept: int = 0
+    """Stale results of a costly plugin, kept (``--refresh-stale`` redoes them)."""
     first_done_at: float | None = None
 
     def rate(self, now: float) -> float:
@@ -224,7 +228,13 @@ def summary_lines(stats: RunStats) -> list[str]:
         f"{s.changed} changed since last analysed, {s.vanished} vanished, {s.unreadable} unreadable"
     ]
     for name, p in sorted(s.plugins.items()):
-        lines.append(f"  {name}: {p.done} done, {p.failed} failed of {p.planned} planned")
+        held = "".join(
+            [
+                f", {p.blocked} blocked (a result they read failed)" if p.blocked else "",
+                f", {p.stale_kept} stale kept (--refresh-stale redoes them)" if p.stale_kept else "",
+            ]
+        )
+        lines.append(f"  {name}: {p.done} done, {p.failed} failed of {p.planned} planned{held}")
     if s.corrupt_sidecars:
         lines.append(f"  {s.corrupt_sidecars} corrupt sidecars moved aside (*.corrupt-<time>) and redone")
     if s.write_errors:

@@ -120,3 +120,23 @@ def select_plugins(
                 raise ConfigError(f"plugin {name!r} has no mode {mode!r}; its modes: {', '.join(plugin.modes)}")
         plugins.append(plugin)
     return plugins, unavailable
+
+
+def select_readers(settings: Settings, plugins: list[AnalyzerPlugin]) -> list[AnalyzerPlugin]:
+    """The plugins whose results ``plugins`` read (:meth:`AnalyzerPlugin.reads`) but that are not among them.
+
+    They are loaded (never set up nor run) so their sidecars can be indexed and read; one that
+    cannot be loaded is reported, and what reads it stays blocked.
+    """
+    from .selector import Selector
+
+    have = {p.name for p in plugins}
+    wanted = [Selector.parse(text).plugin for p in plugins for mode in p.enabled_modes() for text in p.reads(mode)]
+    readers: list[AnalyzerPlugin] = []
+    for name in dict.fromkeys(n for n in wanted if n not in have):
+        try:
+            cls = load_class(name)
+            readers.append(cls(cls.Options.model_validate(settings.plugin_options.get(name, {}))))
+        except (ConfigError, ImportError, ValidationError) as exc:
+            log.warning("results of plugin %s cannot be read (%s): what reads them stays blocked", name, exc)
+    return readers

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
 
     def secrets_masked(self) -> dict[str, Any]:
         """The effective settings as plain data, every secret replaced by ``**********``."""
-        data: dict[str, Any] = _mask(
+        data: dict[str, Any] = mask_secrets(
             self.model_dump(mode="json", exclude={"plugin_options"}) | {"plugin_options": self.plugin_options}
         )
         return data
@@ -159,13 +159,13 @@ class Settings(BaseSettings):
 SECRET_WORDS = ("key", "token", "secret", "password")
 
 
-def _mask(value: Any, key: str = "") -> Any:
+def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, SecretStr):
         return "**********"
     if isinstance(value, dict):
-        return {k: _mask(v, str(k)) for k, v in value.items()}
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(v, key) for v in value]
+        return [mask_secrets(v, key) for v in value]
     if value and isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
         return "**********"
     return value

@@ -30,11 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import CorruptSidecar as CorruptSidecar  # re-exported: it was defined here
+
 SCHEMA_VERSION = 1
-
-
-class CorruptSidecar(ValueError):
-    pass
 
 
 def now_iso() -> str:

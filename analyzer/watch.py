@@ -6,16 +6,19 @@
         created / modified / moved in  -> pending (quiet-period stability check, then a decode check)
         moved within                   -> sidecars follow the image, the index forgets the old path
         deleted / moved out            -> the index forgets it (wildcards drop it); sidecars per on_delete
-    stable images -> the engine's triage, exactly as a walk would see them -> prepare -> plugins -> sidecars
+    stable images -> Watcher.ready() -> watch() hands them to Engine.submit -> the engine's triage, plan...
 
-On start the engine walks the folders as ``analyzer run`` does (the observer is started first,
-so nothing that lands during the walk is missed); images modified less than a quiet period ago
-are left to the stability check instead. An image already in the pipeline is never queued
-twice: a second request for it is remembered and looked at again once its first work is written,
-so a burst of events or the same content saved again costs one analysis.
+The :class:`Watcher` knows nothing of the engine: it produces ready images (an async iterator,
+like watchfiles' ``awatch``) and moves and forgets sidecars through the stores. :func:`watch` is
+the consumer: it opens the engine, starts the observer before the first walk (so nothing that
+lands during it is missed; images modified less than a quiet period ago are left to the
+stability check instead), then feeds the engine what the watcher yields and writes the wildcard
+files once the results stop changing for a while. An image already in the pipeline is never
+queued twice: the engine tells the watcher (``on_released``) to look again at an image asked
+for meanwhile, so a burst of events or the same content saved again costs one analysis.
 
-The watcher's blocking work (moves, deletes, triage) runs in one thread of its own, in the
-order the events arrived; stat and decode checks run in the engine's I/O threads.
+The watcher's blocking work (moves, deletes, taking over moved results) runs in one thread of
+its own, in the order the events arrived; stat and decode checks run in the default executor.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +40,13 @@ from typing import Any, Literal
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from .discovery import Stat, wanted_path
-from .errors import ConfigError, ImageError, ImageTooLarge
-from .hashing import FileChangedError, hash_file
+from .engine import Engine, stop_on_signals
+from .errors import ConfigError, FileChangedError, ImageError, ImageTooLarge
+from .hashing import hash_file
 from .images import has_end_marker, open_image
-from .scheduler import Candidate, Engine, Key, RootContext
-from .settings import WatchSettings
-from .sidecar import CorruptSidecar, atomic_write_text, dumps, read_sidecar
+from .progress import RunStats
+from .settings import Settings
+from .store import Store
 
 log = logging.getLogger("analyzer")
 
@@ -93,13 +98,30 @@ MAX_ORPHANS = 10_000
 """At most this many are remembered (a whole archive deleted at once must not fill memory)."""
 
 
+Key = tuple[Path, str]
+"""(root, image path relative to it)"""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Images of one folder that are complete and may be analysed."""
+
+    store: Store
+    rel_dir: str
+    names: list[str]
+
+
+RESCAN = "rescan"
+"""Yielded by :meth:`Watcher.ready` when the folders should be walked again (after events were lost)."""
+
+
 @dataclass
 class Orphan:
     """A deleted image's sidecars, kept in memory for a while."""
 
     hash: str
     size: int
-    ctx: RootContext
+    ctx: Store
     rel: str
     docs: dict[str, dict[str, Any]]
     at: float
@@ -109,7 +131,7 @@ class Orphan:
 class Pending:
     """An image waiting to be complete: no event and no change of size or mtime for a quiet period."""
 
-    ctx: RootContext
+    ctx: Store
     rel: str
     last_event: float
     """Monotonic time of the last event (or request) for it."""
@@ -128,19 +150,24 @@ class Pending:
 
 
 class Watcher:
-    """Follows file system events for an :class:`~analyzer.scheduler.Engine` (its ``follower``)."""
+    """Follows file system events under the stores' roots and yields the images that are ready."""
 
-    def __init__(self, settings: WatchSettings) -> None:
-        self.settings = settings
-        self.quiet = settings.quiet_period
+    def __init__(
+        self, settings: Settings, stores: Sequence[Store], plugins: Sequence[str], skip: Sequence[Path]
+    ) -> None:
+        """``plugins``: whose sidecars follow a moved image; ``skip``: folders whose events are ignored."""
+        self.core = settings
+        self.settings = settings.watch
+        self.ctxs = list(stores)
+        self.plugins = list(plugins)
+        self.skip = [os.path.realpath(p) + os.sep for p in skip]
+        self.quiet = settings.watch.quiet_period
         self.pending: dict[Key, Pending] = {}
-        self.polling = settings.polling
+        self.polling = settings.watch.polling
         self.observer: Any = None
         self._next_check = 0.0
         """Monotonic time of the next look at the observer and the watched folders."""
-        self._first_change: float | None = None
-        """When the results changed first since the wildcard files were last written."""
-        self._last_change = self._last_commit = self._last_expiry = time.monotonic()
+        self._last_expiry = time.monotonic()
         self._closed = False
         self._events: deque[Any] = deque()
         self._events_lock = threading.Lock()
@@ -154,73 +181,63 @@ class Watcher:
         """Recently deleted images by size (touched only in the watcher's thread)."""
         self._orphan_count = 0
 
-    # -- the engine's hooks ------------------------------------------------------------
-    def start(self, engine: Engine, ctxs: list[RootContext], chunks: asyncio.Queue[list[Candidate] | None]) -> None:
-        self.engine = engine
-        self.ctxs = ctxs
-        self.chunks = chunks
+    # -- the consumer's side ------------------------------------------------------------
+    def start(self) -> None:
+        """Start the observer (on the event loop): events from now on are followed."""
         self.loop = asyncio.get_running_loop()
-        self.skip = [os.path.realpath(p) + os.sep for p in engine.skip_dirs(ctxs)]
+        self._ready: asyncio.Queue[Ready | str] = asyncio.Queue(maxsize=64)
         self._start_observer()
         self._tasks.append(asyncio.create_task(self._stabilize(), name="analyzer-watch-stabilize"))
+        self._tasks.append(asyncio.create_task(self._look_after(), name="analyzer-watch-observer"))
         log.info(
             "watching %s (%s); an image is analysed once unchanged for %gs",
-            ", ".join(str(c.root) for c in ctxs),
+            ", ".join(str(c.root) for c in self.ctxs),
             self._how(),
             self.quiet,
         )
 
+    async def ready(self) -> AsyncIterator[Ready | str]:
+        """Images that are complete, folder by folder, as they become so; :data:`RESCAN` now and then."""
+        while True:
+            yield await self._ready.get()
+
+    def retry(self, item: Ready) -> None:
+        """Images the consumer could not take: looked at again after a quiet period, not lost."""
+        for name in item.names:
+            self._touch(item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
+
     def _how(self) -> str:
         return f"polling every {self.settings.poll_interval:g}s" if self.polling else "file system events"
 
-    def defer(self, ctx: RootContext, rel: str, stat: Stat) -> bool:
+    def defer(self, ctx: Store, rel: str, stat: Stat) -> bool:
         """From the walk's thread: an image modified within the quiet period waits for the stability check."""
         if time.time_ns() - stat[1] >= self.quiet * 1e9:
             return False
         self._threadsafe(self._touch, ctx, rel)
         return True
 
-    async def follow(self) -> None:
-        log.info("first walk done; following changes")
-        while not self.engine.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.engine.stop.wait(), 0.25)
+    async def _look_after(self) -> None:
+        """Keep the observer running, forget old orphans, ask for a walk when events may have been lost."""
+        while True:
+            await asyncio.sleep(0.25)
             try:
-                await self._housekeeping()
+                await self._check_observer()
+                if self._rescan:
+                    self._rescan = False
+                    await self._ready.put(RESCAN)
+                if self.orphans and time.monotonic() - self._last_expiry >= 5:
+                    self._last_expiry = time.monotonic()
+                    await self._in_ops(self._expire_orphans)
             except Exception:  # a failing round (a full disk, say) is logged; the watcher keeps going
-                log.exception("watch: housekeeping failed; trying again")
+                log.exception("watch: looking after the observer failed; trying again")
                 await asyncio.sleep(1.0)
-        if self._first_change is not None:
-            self.engine.dirty = True  # the engine writes the wildcard files once more as it stops
 
-    async def _housekeeping(self) -> None:
-        """One round: the observer, a catch-up walk if one is due, debounced wildcards, index commits."""
-        engine, debounce, now = self.engine, self.settings.wildcards_debounce, time.monotonic()
-        await self._check_observer()
-        if self._rescan:
-            self._rescan = False
-            await self._in_ops(engine._triage_all, self.ctxs, self.loop, self.chunks)
-        if engine.dirty:  # set by any sidecar or index change
-            engine.dirty = False
-            self._last_change = now
-            self._first_change = self._first_change or now
-        first = self._first_change
-        if first is not None and (now - self._last_change >= debounce or now - first >= 10 * debounce):
-            self._first_change = None
-            self._last_commit = now
-            await self._in_ops(self._refresh)
-        elif now - self._last_commit >= 30:
-            self._last_commit = now
-            await self._in_ops(self._commit)
-        if self.orphans and now - self._last_expiry >= 5:
-            self._last_expiry = now
-            await self._in_ops(self._expire_orphans)
-
-    def released(self, key: Key, recheck: bool) -> None:
+    def released(self, root: Path, rel: str, recheck: bool) -> None:
+        """The engine wrote all work of an image; ``recheck``: it was asked for again meanwhile."""
         if recheck:
-            ctx = next((c for c in self.ctxs if c.root == key[0]), None)
+            ctx = next((c for c in self.ctxs if c.root == root), None)
             if ctx is not None:
-                self._touch(ctx, key[1])
+                self._touch(ctx, rel)
 
     def plugin_ready(self, name: str) -> None:
         self._rescan = True
@@ -336,7 +353,7 @@ class Watcher:
             except Exception:  # one odd event never stops the watcher
                 log.exception("could not handle %s", event)
 
-    def _split(self, raw: bytes | str) -> tuple[RootContext, str] | None:
+    def _split(self, raw: bytes | str) -> tuple[Store, str] | None:
         """The root an event's path is in and the path relative to it (``/``-separated)."""
         path = os.fsdecode(raw)
         for ctx in self.ctxs:
@@ -345,13 +362,13 @@ class Watcher:
                 return ctx, path[len(root) + 1 :].replace(os.sep, "/")
         return None
 
-    def _locate(self, raw: bytes | str) -> tuple[RootContext, str] | None:
+    def _locate(self, raw: bytes | str) -> tuple[Store, str] | None:
         """The root and relative path of an event's path, if it names an image the walk would list."""
         if any(os.fsdecode(raw).startswith(s) for s in self.skip):
             return None
         found = self._split(raw)
-        settings = self.engine.settings
-        return found if found is not None and wanted_path(found[1], settings.include, settings.exclude) else None
+        core = self.core
+        return found if found is not None and wanted_path(found[1], core.include, core.exclude) else None
 
     def _on_event(self, event: Any) -> None:
         kind = event.event_type
@@ -381,7 +398,7 @@ class Watcher:
             if found is not None:
                 self._touch(*found)
 
-    def _touch(self, ctx: RootContext, rel: str) -> None:
+    def _touch(self, ctx: Store, rel: str) -> None:
         now = time.monotonic()
         item = self.pending.get((ctx.root, rel))
         if item is None:
@@ -417,7 +434,7 @@ class Watcher:
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
             return
         checked = [(p, p.last_event) for p in due]
-        verdicts = await self.engine._in_thread(self._check_many, due)
+        verdicts = await self.loop.run_in_executor(None, self._check_many, due)
         now = time.monotonic()
         ready: dict[tuple[int, str], list[str]] = {}
         for (item, seen), (verdict, retry_at) in zip(checked, verdicts, strict=True):
@@ -435,11 +452,13 @@ class Watcher:
                 rel_dir, _, name = item.rel.rpartition("/")
                 ready.setdefault((self.ctxs.index(item.ctx), rel_dir), []).append(name)
         for (i, rel_dir), names in ready.items():
+            found = Ready(self.ctxs[i], rel_dir, names)
             try:
-                await self._in_ops(self._feed, self.ctxs[i], rel_dir, names)
-            except Exception:
-                for name in names:  # not lost: looked at again after a quiet period
-                    self._touch(self.ctxs[i], f"{rel_dir}/{name}" if rel_dir else name)
+                if self.orphans:
+                    await self._in_ops(self._adopt_all, found)
+                await self._ready.put(found)
+            except BaseException:
+                self.retry(found)  # not lost: looked at again after a quiet period
                 raise
 
     def _check_many(self, items: list[Pending]) -> list[tuple[Verdict, float]]:
@@ -464,7 +483,7 @@ class Watcher:
         try:
             if has_end_marker(item.path):
                 return "ready", 0.0  # finished, and the plugins decode it anyway: no decode here
-            with open_image(item.path) as image:
+            with open_image(item.path, max_pixels=self.core.max_image_pixels) as image:
                 image.size  # noqa: B018  (open_image decodes every pixel)
         except ImageTooLarge:
             return "ready", 0.0
@@ -481,69 +500,38 @@ class Watcher:
         except Exception:
             log.exception("watch: %s%r failed", getattr(fn, "__name__", fn), args)
 
-    def _read_docs(self, ctx: RootContext, rel: str) -> dict[str, dict[str, Any]]:
-        """The image's sidecars, by plugin (a corrupt one is left where it is)."""
-        docs = {}
-        for pname in self.engine.plans:
-            path = ctx.layout.sidecar_path(rel, pname)
-            try:
-                doc = read_sidecar(path)
-            except (CorruptSidecar, OSError) as exc:
-                log.warning("sidecar %s not carried over: %s", path, exc)
-                continue
-            if doc is not None:
-                docs[pname] = doc
-        return docs
-
-    def _place(
-        self, docs: dict[str, dict[str, Any]], ctx: RootContext, rel: str, old: tuple[RootContext, str] | None
-    ) -> None:
-        """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place."""
-        for pname, doc in docs.items():
-            info = doc.setdefault("file_info", {})
-            info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
-            new = ctx.layout.sidecar_path(rel, pname)
-            new.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(new, dumps(doc))
-            if old is not None and old != (ctx, rel):
-                old[0].layout.sidecar_path(old[1], pname).unlink(missing_ok=True)
-
-    def _moved(self, src: tuple[RootContext, str], dest: tuple[RootContext, str]) -> None:
+    def _moved(self, src: tuple[Store, str], dest: tuple[Store, str]) -> None:
         """An image moved within the watched folders: its sidecars follow it."""
         (sctx, srel), (dctx, drel) = src, dest
-        docs = self._read_docs(sctx, srel)
+        docs = sctx.read_docs(srel, self.plugins)
         if docs:
-            self._place(docs, dctx, drel, src)
+            dctx.place(docs, drel, src)
         else:  # a folder moved with the sidecars beside its images: only their paths need fixing
-            docs = {p: d for p, d in self._read_docs(dctx, drel).items() if d.get("file_info", {}).get("path") != drel}
-            self._place(docs, dctx, drel, None)
-        srel_dir, _, sname = srel.rpartition("/")
-        sctx.index.delete_names(srel_dir, [sname])
-        self.engine.dirty = True
+            found = dctx.read_docs(drel, self.plugins)
+            docs = {p: d for p, d in found.items() if d.get("file_info", {}).get("path") != drel}
+            dctx.place(docs, drel)
+        sctx.forget(srel)
         log.info("moved %r -> %r (%d sidecars followed)", srel, drel, len(docs))
 
-    def _deleted(self, ctx: RootContext, rel: str) -> None:
+    def _deleted(self, ctx: Store, rel: str) -> None:
         """An image deleted or moved out: forget it; keep its sidecars in memory a while in case it reappears."""
         if (ctx.root / rel).exists():
             return  # already back (saved again by delete and rename): nothing to forget
-        rel_dir, _, name = rel.rpartition("/")
-        ctx.index.delete_names(rel_dir, [name])
-        self.engine.dirty = True
-        docs = self._read_docs(ctx, rel)
+        ctx.forget(rel)
+        docs = ctx.read_docs(rel, self.plugins)
         info = next((d["file_info"] for d in docs.values() if d.get("file_info", {}).get("hash")), None)
         if info is not None and self._orphan_count < MAX_ORPHANS:
             orphan = Orphan(info["hash"], int(info.get("size") or 0), ctx, rel, docs, time.monotonic())
             self.orphans.setdefault(orphan.size, []).append(orphan)
             self._orphan_count += 1
         if self.settings.on_delete == "delete":
-            for pname in docs:
-                ctx.layout.sidecar_path(rel, pname).unlink(missing_ok=True)
+            ctx.delete_sidecars(rel, docs)
             kept = f"{len(docs)} sidecars removed"
         else:
             kept = "sidecars kept"
         log.info("deleted %r: its results leave the wildcard files; %s", rel, kept)
 
-    def _adopt(self, ctx: RootContext, rel: str) -> bool:
+    def _adopt(self, ctx: Store, rel: str) -> bool:
         """A new image with the content of one deleted moments ago (a move the events did not pair up,
         a move across file systems): it takes over that image's sidecars instead of being analysed again.
         """
@@ -553,7 +541,7 @@ class Watcher:
         except OSError:
             return False
         candidates = self.orphans.get(size)
-        if not candidates or any(ctx.layout.sidecar_path(rel, p).exists() for p in self.engine.plans):
+        if not candidates or any(ctx.sidecar_path(rel, p).exists() for p in self.plugins):
             return False
         try:
             image_hash = hash_file(path)[0]
@@ -565,16 +553,14 @@ class Watcher:
         candidates.remove(orphan)
         self._orphan_count -= 1
         old = (orphan.ctx, orphan.rel) if self.settings.on_delete == "keep" else None
-        self._place(orphan.docs, ctx, rel, old)
+        ctx.place(orphan.docs, rel, old)
         log.info("moved %r -> %r (same content; %d sidecars followed)", orphan.rel, rel, len(orphan.docs))
         return True
 
-    def _feed(self, ctx: RootContext, rel_dir: str, names: list[str]) -> None:
-        """Stable images to the engine's triage, after taking over the results of any that merely moved."""
-        if self.orphans:
-            for name in names:
-                self._adopt(ctx, f"{rel_dir}/{name}" if rel_dir else name)
-        self.engine.triage_names(ctx, rel_dir, names, self.loop, self.chunks)
+    def _adopt_all(self, item: Ready) -> None:
+        """Ready images take over the results of deleted ones with the same content (those that merely moved)."""
+        for name in item.names:
+            self._adopt(item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
 
     def _expire_orphans(self, max_age: float = ORPHAN_SECONDS) -> None:
         limit = time.monotonic() - max_age
@@ -595,28 +581,16 @@ class Watcher:
             del self.pending[key]
         self._ops.submit(self._guard, self._deleted_folder, ctx, rel_dir)
 
-    def _deleted_folder(self, ctx: RootContext, rel_dir: str) -> None:
+    def _deleted_folder(self, ctx: Store, rel_dir: str) -> None:
         """A folder deleted or moved out: each image it held is forgotten as if deleted one by one."""
         if (ctx.root / rel_dir).is_dir():
             return
-        for d in sorted(ctx.index.dirs()):
-            if d == rel_dir or d.startswith(rel_dir + "/"):
-                for name in ctx.index.load_dir(d):
-                    self._deleted(ctx, f"{d}/{name}" if d else name)
-                ctx.index.delete_dirs([d])
-        self.engine.dirty = True
+        for rel in ctx.forget_folder(rel_dir):
+            self._deleted(ctx, rel)
 
     # -- helpers -----------------------------------------------------------------------
     async def _in_ops(self, fn: Any, *args: Any) -> Any:
         return await self.loop.run_in_executor(self._ops, fn, *args)
-
-    def _refresh(self) -> None:
-        self.engine._refresh_wildcards(self.ctxs, force=True)
-        self._commit()
-
-    def _commit(self) -> None:
-        for ctx in self.ctxs:
-            ctx.index.commit()
 
 
 class _Handler(FileSystemEventHandler):
@@ -628,3 +602,78 @@ class _Handler(FileSystemEventHandler):
 
     def dispatch(self, event: FileSystemEvent) -> None:
         self.watcher.hand_off(event)
+
+
+async def watch(engine: Engine, paths: Sequence[Path] = ()) -> RunStats:
+    """``analyzer watch``: analyse what is missing, then every image that lands, until stopped."""
+    engine.retry_setup = True
+    engine.analysed_level = logging.INFO
+    engine.progress, engine.progress_lines = "plain", False
+    engine.wildcards_on_stop = True  # a watcher's stop is its normal end
+    stores = await engine.open(paths)
+    watcher = Watcher(engine.settings, stores, engine.planner.watched, engine.skip_dirs())
+    engine.on_released = watcher.released
+    engine.on_plugin_ready = watcher.plugin_ready
+    engine.heartbeat_fields = watcher.heartbeat
+    with stop_on_signals(engine):
+        try:
+            watcher.start()  # before the walk, so nothing landing during it is missed
+            await engine.scan(defer=watcher.defer)
+            if not engine.stopping.is_set():
+                log.info("first walk done; following changes")
+                await follow(engine, watcher)
+        finally:
+            await watcher.close()
+            stats = await engine.close()
+    return stats
+
+
+async def follow(engine: Engine, watcher: Watcher) -> None:
+    """Hand what ``watcher`` yields to ``engine`` until it stops; write the wildcard files once the
+    results have not changed for ``wildcards_debounce`` seconds (at most 10x that while they keep
+    changing), and save the indexes every 30 s."""
+    feeder = asyncio.create_task(_feed(engine, watcher), name="analyzer-watch-feed")
+    debounce = engine.settings.watch.wildcards_debounce
+    seen = engine.changes
+    first: float | None = None
+    last_change = last_commit = time.monotonic()
+    try:
+        while not engine.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.stopping.wait(), 0.25)
+            if feeder.done():
+                feeder.result()  # a bug in the feeder is not swallowed
+            now, changes = time.monotonic(), engine.changes
+            if changes != seen:
+                seen, last_change = changes, now
+                first = first or now
+            try:
+                if first is not None and (now - last_change >= debounce or now - first >= 10 * debounce):
+                    first, last_commit = None, now
+                    await engine.in_thread(engine.write_wildcards, True)
+                    await engine.in_thread(engine.commit)
+                    seen = engine.changes
+                elif now - last_commit >= 30:
+                    last_commit = now
+                    await engine.in_thread(engine.commit)
+            except Exception:  # a full disk, say: logged, tried again
+                log.exception("watch: writing the wildcard files or the index failed; trying again")
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+
+
+async def _feed(engine: Engine, watcher: Watcher) -> None:
+    async for item in watcher.ready():
+        if isinstance(item, Ready):
+            try:
+                await engine.submit(item.store, item.rel_dir, item.names)
+            except Exception:
+                watcher.retry(item)
+                log.exception(
+                    "watch: handing %d images to the engine failed; they are looked at again", len(item.names)
+                )
+                await asyncio.sleep(1.0)
+        else:
+            await engine.scan()

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .sidecar import atomic_write_text
+
+if TYPE_CHECKING:
+    from .plugin import AnalyzerPlugin
+    from .progress import RunStats
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -54,4 +60,31 @@ def write_wildcards(
             continue
         atomic_write_text(path, "\n".join(seen) + "\n")
         written[path.name] = len(seen)
+    return written
+
+
+def refresh_wildcards(
+    stores: Sequence[Store], plugins: Sequence[AnalyzerPlugin], folder: Path, stats: RunStats | None = None
+) -> dict[str, int]:
+    """Write one wildcard file per plugin and wildcard mode from the stores' indexes (blocking).
+
+    Entries come in the order of the images' paths, root by root. Returns lines per file name.
+    """
+    entries: dict[tuple[str, str], dict[str, None]] = {(p.name, mode): {} for p in plugins for mode in p.wildcard_modes}
+    for store in stores:
+        for pname, wild in store.index.wildcard_rows(p.name for p in plugins):
+            for mode, found in wild.items():
+                bucket = entries.get((pname, mode))
+                if bucket is not None:
+                    for item in found:
+                        bucket.setdefault(item, None)
+    try:
+        written = write_wildcards(folder, {k: list(v) for k, v in entries.items()})
+    except OSError as exc:
+        log.error("cannot write wildcard files in %s: %s", folder, exc.strerror or exc)
+        if stats is not None:
+            stats.write_errors += 1
+        return {}
+    if written:
+        log.info("wildcards in %s: %s", folder, ", ".join(f"{name} ({n})" for name, n in written.items()))
     return written

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from analyzer.cli import main
-from analyzer.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 DATA = Path(__file__).parent / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,7 +38,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     yield
-    set_max_pixels(DEFAULT_MAX_PIXELS)
 
 
 def make_image(

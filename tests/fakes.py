@@ -44,13 +44,13 @@ class EchoPlugin(AnalyzerPlugin):
         cls.in_flight = 0
         cls.max_in_flight = 0
 
-    def model_id(self, mode: str) -> str:
-        return f"echo-v1{self.opts.suffix}"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return (f"echo-v1{self.opts.suffix}",)
 
     async def setup(self) -> None:
         type(self).setups += 1
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         cls = type(self)
         cls.calls.append((mode, [i.rel_path for i in images]))
         cls.in_flight += 1
@@ -77,10 +77,10 @@ class SaboteurPlugin(AnalyzerPlugin):
     name = "saboteur"
     modes = ("look",)
 
-    def model_id(self, mode: str) -> str:
-        return "s1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("s1",)
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         for image in images:
             if image.path.stem.startswith("delete"):
                 image.path.unlink()
@@ -94,13 +94,13 @@ class BrokenSetupPlugin(AnalyzerPlugin):
     name = "brokensetup"
     modes = ("x",)
 
-    def model_id(self, mode: str) -> str:
-        return "b1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("b1",)
 
     async def setup(self) -> None:
         raise RuntimeError("model weights not found: download them with `example fetch` into ~/.cache/example")
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         raise AssertionError("never called")
 
 
@@ -110,10 +110,10 @@ class NeedsMissingModule(AnalyzerPlugin):
     requires = ("module_that_is_not_installed_anywhere",)
     install_hint = "pip install 'analyzer[needsextra]'"
 
-    def model_id(self, mode: str) -> str:
-        return "n1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("n1",)
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         raise AssertionError("never called")
 
 
@@ -123,10 +123,10 @@ class FlakyPlugin(AnalyzerPlugin):
     name = "flaky"
     modes = ("x",)
 
-    def model_id(self, mode: str) -> str:
-        return "f1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("f1",)
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         if any("raise" in i.rel_path for i in images):
             raise ConnectionError("provider unreachable")
         out: list[Outcome] = []
@@ -148,10 +148,10 @@ class SlowPlugin(AnalyzerPlugin):
     batch_size_hint = 2
     Options = EchoOptions
 
-    def model_id(self, mode: str) -> str:
-        return "slow1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("slow1",)
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         delay = self.options.delay if isinstance(self.options, EchoOptions) else 0.2
         await asyncio.sleep(delay)
         return [Result(i.rel_path) for i in images]
@@ -176,8 +176,8 @@ class CountingPlugin(AnalyzerPlugin):
     Options = CountOptions
     setup_attempts: ClassVar[int] = 0
 
-    def model_id(self, mode: str) -> str:
-        return "count1"
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("count1",)
 
     async def setup(self) -> None:
         cls = type(self)
@@ -186,7 +186,7 @@ class CountingPlugin(AnalyzerPlugin):
         if cls.setup_attempts <= self.options.fail_setups:
             raise RuntimeError(f"weights not there yet (attempt {cls.setup_attempts})")
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         assert isinstance(self.options, CountOptions)
         if self.options.delay:
             await asyncio.sleep(self.options.delay)
@@ -195,3 +195,45 @@ class CountingPlugin(AnalyzerPlugin):
             with open(self.options.log, "a") as handle:
                 handle.write(lines)
         return [Result(Path(i.rel_path).stem) for i in images]
+
+
+class SourceOptions(PluginOptions):
+    fail: str = "fail"
+    """Images whose name contains this fail (permanently); empty: none fails."""
+
+
+class SourcePlugin(AnalyzerPlugin):
+    """A cheap plugin whose results another one reads: ``text`` is the image's stem."""
+
+    name = "source"
+    modes = ("text", "shape")
+    Options = SourceOptions
+
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("src1",)
+
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        assert isinstance(self.options, SourceOptions)
+        fail = self.options.fail
+        return [
+            Failure("ImageError", "cannot read it") if fail and fail in i.rel_path else Result(Path(i.rel_path).stem)
+            for i in images
+        ]
+
+
+class ReaderPlugin(AnalyzerPlugin):
+    """Reads ``source.text`` for each image; records what it was given."""
+
+    name = "reader"
+    modes = ("echo",)
+    seen: ClassVar[list[dict[str, Any]]] = []
+
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("r1",)
+
+    def reads(self, mode: str) -> tuple[str, ...]:
+        return ("source.text",)
+
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        type(self).seen.extend(dict(i.context) for i in images)
+        return [Result(f"read:{i.context['source.text']}") for i in images]

@@ -270,7 +270,7 @@ def test_options_are_validated():
 
 def test_model_ids_name_what_changes_the_output():
     plugin = ClipPlugin(ClipOptions())
-    assert plugin.model_id("caption") == "blip-large:32"
-    assert plugin.model_id("best") == "ViT-L-14/openai+blip-large:32(flavors=8-32,inter=2048,chunk=2048)"
-    assert plugin.model_id("negative") == "ViT-L-14/openai(flavors=32,inter=2048,chunk=2048)"
+    assert plugin.model_ids("caption")[0] == "blip-large:32"
+    assert plugin.model_ids("best")[0] == "ViT-L-14/openai+blip-large:32(flavors=8-32,inter=2048,chunk=2048)"
+    assert plugin.model_ids("negative")[0] == "ViT-L-14/openai(flavors=32,inter=2048,chunk=2048)"
     assert json.dumps(plugin.parameters("fast"))

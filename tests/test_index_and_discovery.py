@@ -7,24 +7,29 @@ from pathlib import Path
 
 import pytest
 
-import analyzer.scheduler as scheduler
 from analyzer.discovery import glob_match, walk
+from analyzer.store import Store
+from analyzer.triage import Triage
 
 from conftest import a1111_png, make_image, result
 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count the sidecar reads and image hashes the scheduler does."""
+    """Count the sidecar reads (through the store) and image hashes (through the triage's hasher)."""
     counts = {"read_sidecar": 0, "hash_file": 0}
-    for name in counts:
-        real = getattr(scheduler, name)
+    real_read, real_hash = Store.read, Triage.hasher
 
-        def wrapper(*args, _real=real, _name=name):  # type: ignore[no-untyped-def]
-            counts[_name] += 1
-            return _real(*args)
+    def read(self: Store, rel: str, plugin: str):  # type: ignore[no-untyped-def]
+        counts["read_sidecar"] += 1
+        return real_read(self, rel, plugin)
 
-        monkeypatch.setattr(scheduler, name, wrapper)
+    def hasher(path: Path):  # type: ignore[no-untyped-def]
+        counts["hash_file"] += 1
+        return real_hash(path)
+
+    monkeypatch.setattr(Store, "read", read)
+    monkeypatch.setattr(Triage, "hasher", staticmethod(hasher))
     return counts
 
 

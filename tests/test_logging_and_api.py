@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import analyzer
-from analyzer.scheduler import Candidate, Engine, RootContext
+from analyzer.planner import Planner, RunOptions
 from analyzer.settings import load_settings
-from analyzer.sidecar import Layout
+from analyzer.store import Store
+from analyzer.triage import Candidate, Triage
 
 from conftest import make_image
 from fakes import EchoPlugin
@@ -19,16 +20,20 @@ def test_the_public_surface():
         "AnalyzerPlugin",
         "ConfigError",
         "Engine",
+        "ErrorType",
         "Failure",
         "ImageError",
         "ImageRef",
         "ImageTooLarge",
         "Outcome",
+        "PluginError",
         "PluginOptions",
         "PluginUnavailable",
         "Result",
+        "RunOptions",
         "Settings",
         "SharedWork",
+        "Store",
         "__version__",
         "load_settings",
         "register",
@@ -82,10 +87,11 @@ def test_a_progress_bar_can_be_forced(tmp_path, capsys):
 def test_an_image_vanishing_before_it_is_hashed_is_skipped(tmp_path):
     root = tmp_path / "imgs"
     root.mkdir()
-    engine = Engine(load_settings(), [EchoPlugin()])
-    ctx = RootContext(root, Layout(root), analyzer.scheduler.Index(None))
-    cand = Candidate(ctx, "", "gone.png", root / "gone.png", (1, 1), None, {"echo": None}, {"echo": None})
+    settings = load_settings()
+    store = Store.open(root, settings)
+    triage = Triage(Planner([EchoPlugin()], RunOptions()), {})
+    cand = Candidate(store, "", "gone.png", root / "gone.png", (1, 1), None, {"echo": None})
 
-    prepared = engine._prepare_sync(cand)
+    prepared = triage.prepare(cand, hash_images=True, set_aside=True)
 
     assert prepared.state == "vanished" and prepared.image_hash is None

@@ -179,7 +179,7 @@ def test_status_counts_done_failed_and_missing(cli, sd_images):
     assert counts[("prompt", "sd-parsers")] == (6, 1, 0)
     assert counts[("negative", "sd-parsers")] == (0, 0, 7)
     table = cli("status", sd_images).out
-    assert "metadata negative   sd-parsers        0        0        7" in table
+    assert "metadata negative   sd-parsers        0        0        0        0        7" in table
 
 
 def test_exit_codes(cli, tmp_path, sd_images):

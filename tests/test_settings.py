@@ -83,7 +83,7 @@ def test_config_command_prints_effective_settings_with_plugin_options(cli, monke
 
 
 def test_secret_looking_values_are_masked():
-    from analyzer.settings import _mask
+    from analyzer.settings import mask_secrets as _mask
 
     masked = _mask({"llm": {"api_key": "sk-123", "providers": [{"token": "t"}], "model": "gpt"}})
     assert masked == {"llm": {"api_key": "**********", "providers": [{"token": "**********"}], "model": "gpt"}}

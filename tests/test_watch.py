@@ -574,20 +574,20 @@ def test_paths_the_watcher_takes_for_images():
 
 async def watch_in_process(root: Path, until: Callable[[], bool], **watch: Any) -> str:
     """Run the engine with a watcher in this process (for faults injected at the boundary) until ``until()``."""
-    from analyzer import watch as watch_module
+    from analyzer.engine import Engine
     from analyzer.registry import select_plugins
-    from analyzer.scheduler import Engine
     from analyzer.settings import load_settings
+    from analyzer.watch import watch as watch_folders
 
     settings = load_settings(None, watch={"quiet_period": 0.2, "poll_interval": 0.2, **watch}, heartbeat_interval=0)
     plugins, _ = select_plugins(settings, ["metadata"], check_requirements=True)
-    engine = Engine(settings, plugins, follower=watch_module.Watcher(settings.watch))
+    engine = Engine(settings, plugins)
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("analyzer").addHandler(handler)
     try:
-        task = asyncio.create_task(engine.run([root]))
+        task = asyncio.create_task(watch_folders(engine, [root]))
         for _ in range(400):
             if task.done() or until():
                 break
@@ -633,17 +633,17 @@ async def test_when_the_inotify_limit_is_reached_it_says_how_to_fix_it_and_polls
 
 
 async def test_a_failing_hand_over_is_logged_and_the_image_is_not_lost(tmp_path, monkeypatch):
-    from analyzer.scheduler import Engine
+    from analyzer.engine import Engine
 
-    real, failures = Engine.triage_names, []
+    real, failures = Engine.submit, []
 
-    def flaky(self: Engine, *args: Any) -> None:
+    async def flaky(self: Engine, *args: Any) -> None:
         if not failures:
             failures.append(1)
             raise sqlite3.OperationalError("database is locked")
-        real(self, *args)
+        await real(self, *args)
 
-    monkeypatch.setattr(Engine, "triage_names", flaky)
+    monkeypatch.setattr(Engine, "submit", flaky)
     root = tmp_path / "imgs"
     root.mkdir()
 
@@ -653,5 +653,5 @@ async def test_a_failing_hand_over_is_logged_and_the_image_is_not_lost(tmp_path,
         return (root / "late.png.metadata.json").exists()
 
     log = await watch_in_process(root, until)
-    assert failures and "checking waiting images failed; trying again" in log
+    assert failures and "handing 1 images to the engine failed; they are looked at again" in log
     assert (root / "late.png.metadata.json").exists()

@@ -27,8 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from analyzer.errors import ImageError, PluginUnavailable
-from analyzer.images import open_image
+from analyzer.errors import ErrorType, PluginUnavailable
 from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result, SharedWork
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,10 @@ class ClipPlugin(AnalyzerPlugin):
     def _clip_name(self) -> str:
         return str(self.preloaded.clip_model_name) if self.preloaded is not None else self.opts.clip_model
 
-    def model_id(self, mode: str) -> str:
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return (self._model_id(mode),)
+
+    def _model_id(self, mode: str) -> str:
         o = self.opts
         clip = self._clip_name()
         caption = f"{o.caption_model}:{o.caption_max_length}"
@@ -278,20 +280,15 @@ class ClipPlugin(AnalyzerPlugin):
             self._executor = None
 
     # -- analysis ----------------------------------------------------------------------
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         assert self._executor is not None, "setup() was not called"
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._analyze_sync, mode, list(images))
 
     def _state(self, image: ImageRef) -> _Shared:
         def load() -> _Shared:
-            try:
-                with open_image(image.path) as opened:
-                    return _Shared(image=opened.convert("RGB"))
-            except ImageError as exc:
-                return _Shared(failure=Failure(type(exc).__name__, str(exc), retryable=False))
-            except OSError as exc:
-                return _Shared(failure=Failure.from_exception(exc, retryable=True))
+            found = image.read(lambda opened: opened.convert("RGB"))
+            return _Shared(failure=found) if isinstance(found, Failure) else _Shared(image=found)
 
         return self._shared.get_or_compute(image.hash, load)
 
@@ -317,7 +314,7 @@ class ClipPlugin(AnalyzerPlugin):
                 if engine.ci.caption_model is None:
                     for state in todo:
                         state.failure = Failure(
-                            "ConfigError", "no caption model configured (ANALYZER_CLIP__CAPTION_MODEL)"
+                            ErrorType.CONFIG_ERROR, "no caption model configured (ANALYZER_CLIP__CAPTION_MODEL)"
                         )
                     return
                 texts = split_on_oom(
@@ -337,7 +334,7 @@ class ClipPlugin(AnalyzerPlugin):
         try:
             self._prepare(states, needs_features, needs_caption)
         except torch.cuda.OutOfMemoryError as exc:
-            return [Failure("OutOfMemory", str(exc), retryable=True) for _ in images]
+            return [Failure(ErrorType.OUT_OF_MEMORY, str(exc), retryable=True) for _ in images]
         o = self.opts
         engine = self.engine
         params = self.parameters(mode)
@@ -358,7 +355,7 @@ class ClipPlugin(AnalyzerPlugin):
                 else:
                     value = engine.negative(state.features, o.max_flavors)
             except torch.cuda.OutOfMemoryError as exc:
-                out.append(Failure("OutOfMemory", str(exc), retryable=True))
+                out.append(Failure(ErrorType.OUT_OF_MEMORY, str(exc), retryable=True))
                 continue
             out.append(Result(value, params))
         return out

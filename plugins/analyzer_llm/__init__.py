@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from analyzer.errors import ConfigError, ImageError, PluginUnavailable
-from analyzer.images import open_image
+from analyzer.errors import ConfigError, ErrorType, PluginUnavailable, error_type
 from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result, SharedWork
+from analyzer.selector import SelectorError, render_template, template_selectors, to_text
 
 from .providers import Completion, Provider, ProviderError, ProviderKind, Request
 
@@ -44,7 +44,6 @@ __all__ = ["LlmOptions", "LlmPlugin", "PromptOptions", "ProviderOptions"]
 
 TEMPLATES = Path(__file__).parent / "prompts"
 DEFAULT_MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "openai-compatible": "llava"}
-_CONTEXT = re.compile(r"\{([a-z0-9_]+)\.([a-z0-9_]+)\}")
 
 
 class ProviderOptions(BaseModel):
@@ -124,18 +123,18 @@ class Template:
         )
         self.digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
 
-    def context_plugins(self) -> set[str]:
-        return {plugin for plugin, _ in _CONTEXT.findall(self.prompt + (self.system or ""))}
+    def reads(self) -> tuple[str, ...]:
+        """The selectors its placeholders name (``{metadata.prompt}``), in order."""
+        found = template_selectors((self.system or "") + "\n" + self.prompt)
+        return tuple(dict.fromkeys(sel.text for sel in found))
 
     def render(self, image: ImageRef) -> tuple[str | None, str]:
-        def fill(text: str) -> str:
-            def one(match: re.Match[str]) -> str:
-                value = image.context.get(match.group(1), {}).get(match.group(2))
-                if value is None:
-                    return ""
-                return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        """System and user prompt for an image: placeholders filled with the results they name."""
+        texts = {key: to_text(value) for key, value in image.context.items()}
+        name = Path(image.rel_path).name
 
-            return _CONTEXT.sub(one, text).replace("{file_name}", Path(image.rel_path).name).strip()
+        def fill(text: str) -> str:
+            return render_template(text, texts, name).strip()
 
         return (fill(self.system) if self.system else None), fill(self.prompt)
 
@@ -160,6 +159,10 @@ def load_template(name: str, opts: PromptOptions, templates_dir: Path | None) ->
     prompt = opts.prompt or data.get("prompt")
     if not prompt:
         raise ConfigError(f"LLM mode {name!r} has no prompt")
+    try:
+        template_selectors((opts.system or data.get("system") or "") + "\n" + prompt)
+    except SelectorError as exc:
+        raise ConfigError(f"LLM mode {name!r}: {exc}") from exc
     template = Template(
         name=name,
         source=source,
@@ -256,7 +259,9 @@ class _Live:
 
 def _check_enabled(live: _Live) -> None:
     if live.provider.disabled is not None:
-        raise ProviderError("ProviderDisabled", live.provider.disabled, retryable=False, worth_retrying_later=True)
+        raise ProviderError(
+            ErrorType.PROVIDER_DISABLED, live.provider.disabled, retryable=False, worth_retrying_later=True
+        )
 
 
 class LlmPlugin(AnalyzerPlugin):
@@ -265,6 +270,7 @@ class LlmPlugin(AnalyzerPlugin):
     requires = ("openai", "anthropic", "jsonschema")
     install_hint = "pip install 'analyzer[llm]'"
     batch_size_hint = 8
+    costly = True
     Options = LlmOptions
 
     def __init__(self, options: Any = None) -> None:
@@ -309,11 +315,8 @@ class LlmPlugin(AnalyzerPlugin):
         names = template.providers or list(self.provider_options)
         return tuple(f"{n}:{self.provider_options[n].model}#{template.digest}" for n in names)
 
-    def model_id(self, mode: str) -> str:
-        return self.model_ids(mode)[0]
-
-    def context_plugins(self) -> tuple[str, ...]:
-        return tuple(sorted(set().union(*(t.context_plugins() for t in self.templates.values()))))
+    def reads(self, mode: str) -> tuple[str, ...]:
+        return self.templates[mode].reads()
 
     def wildcard_entries(self, mode: str, value: Any) -> Any:
         template = self.templates.get(mode)
@@ -360,10 +363,7 @@ class LlmPlugin(AnalyzerPlugin):
             await live.provider.close()
 
     # -- analysis ----------------------------------------------------------------------
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
-        return await self.analyze_with(mode, self.model_id(mode), images)
-
-    async def analyze_with(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         template = self.templates[mode]
         live = self.live[model_id.split(":", 1)[0]]
         encoded = await asyncio.gather(*(asyncio.to_thread(self._encoded, image) for image in images))
@@ -372,19 +372,17 @@ class LlmPlugin(AnalyzerPlugin):
         )
 
     def _encoded(self, image: ImageRef) -> tuple[str, str] | Failure:
-        return self._images.get_or_compute(image.hash, lambda: self._encode(image.path))
+        return self._images.get_or_compute(image.hash, lambda: self._encode(image))
 
-    def _encode(self, path: Path) -> tuple[str, str] | Failure:
+    def _encode(self, image: ImageRef) -> tuple[str, str] | Failure:
         """(base64 data, media type): downscaled to ``image_max_side`` and re-encoded."""
         from PIL import Image
 
-        try:
-            with open_image(path) as image:
-                picture = image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image.copy()
-        except ImageError as exc:
-            return Failure(type(exc).__name__, str(exc), retryable=False)
-        except OSError as exc:
-            return Failure.from_exception(exc, retryable=True)
+        picture = image.read(
+            lambda opened: opened.convert("RGBA") if opened.mode in ("P", "LA", "PA") else opened.copy()
+        )
+        if isinstance(picture, Failure):
+            return picture
         picture.thumbnail((self.opts.image_max_side, self.opts.image_max_side), Image.Resampling.LANCZOS)
         fmt = self.opts.image_format
         if fmt == "jpeg" and picture.mode != "RGB":
@@ -464,7 +462,11 @@ class LlmPlugin(AnalyzerPlugin):
             exc = state.outcome.exception()
             live.usage.retries += 1
             retries.append(
-                {"type": getattr(exc, "kind", type(exc).__name__), "message": str(exc), "attempt": state.attempt_number}
+                {
+                    "type": error_type(exc) if exc is not None else None,
+                    "message": str(exc),
+                    "attempt": state.attempt_number,
+                }
             )
             log.warning(
                 "llm %s %s: %r attempt %d failed (%s); retrying in %.1fs",
@@ -504,7 +506,7 @@ class LlmPlugin(AnalyzerPlugin):
                 try:
                     return completion, parse_output(template, completion.text)
                 except ValueError as exc:
-                    raise ProviderError("InvalidOutput", str(exc), retryable=True) from exc
+                    raise ProviderError(ErrorType.INVALID_OUTPUT, str(exc), retryable=True) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def summary_lines(self) -> list[str]:

@@ -5,8 +5,9 @@ OpenRouter, llama.cpp) speaks chat completions; ``anthropic`` speaks messages. B
 created with ``max_retries=0``: retrying is this plugin's job (tenacity, in ``__init__``), so it is
 never doubled and every attempt is visible.
 
-Errors become :class:`ProviderError` with ``retryable`` (try again in this run), ``retry_after``
-(what the server asked for) and ``fatal_for_provider`` (401: stop calling this provider).
+Errors become :class:`ProviderError` (a :class:`~analyzer.errors.PluginError`) with a ``kind`` from
+:class:`~analyzer.errors.ErrorType`, ``retryable`` (try again in this run), ``retry_after`` (what
+the server asked for) and ``fatal_for_provider`` (401: stop calling this provider).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import email.utils
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from analyzer.errors import ErrorType, PluginError
 
 ProviderKind = Literal["openai", "anthropic", "openai-compatible"]
 
@@ -37,7 +40,9 @@ class Completion:
     output_tokens: int
 
 
-class ProviderError(Exception):
+class ProviderError(PluginError):
+    """An LLM provider's error; ``kind`` (one of :class:`~analyzer.errors.ErrorType`) says which."""
+
     def __init__(
         self,
         kind: str,
@@ -88,33 +93,44 @@ FIXES = {
     413: "the request is too large: lower ANALYZER_LLM__IMAGE_MAX_SIDE",
 }
 
+CLIENT_ERRORS = {
+    400: ErrorType.BAD_REQUEST,
+    401: ErrorType.AUTHENTICATION_ERROR,
+    403: ErrorType.PERMISSION_DENIED,
+    404: ErrorType.NOT_FOUND,
+    409: ErrorType.CONFLICT,
+    413: ErrorType.REQUEST_TOO_LARGE,
+    422: ErrorType.UNPROCESSABLE_ENTITY,
+}
+"""The kind of a 4xx answer, by status (the SDKs' class names; openai has none for 413)."""
+
 
 def classify(exc: BaseException, sdk: Any) -> ProviderError:
     """Map an SDK exception (openai or anthropic: same class names) onto ProviderError."""
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, sdk.APITimeoutError):
-        return ProviderError("Timeout", f"request timed out: {exc}", retryable=True)
+        return ProviderError(ErrorType.TIMEOUT, f"request timed out: {exc}", retryable=True)
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderError("ConnectionError", f"cannot reach the provider: {exc}", retryable=True)
+        return ProviderError(ErrorType.CONNECTION_ERROR, f"cannot reach the provider: {exc}", retryable=True)
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         after = retry_after_seconds(getattr(exc.response, "headers", None))
         detail = _api_message(exc)
         if status == 429:
             return ProviderError(
-                "RateLimited", f"429 rate limited: {detail}", retryable=True, status=status, retry_after=after
+                ErrorType.RATE_LIMITED, f"429 rate limited: {detail}", retryable=True, status=status, retry_after=after
             )
         if status >= 500:  # 500, 502, 503, Anthropic's 529 overloaded
-            kind = "Overloaded" if status == 529 else "ServerError"
+            kind = ErrorType.OVERLOADED if status == 529 else ErrorType.SERVER_ERROR
             return ProviderError(
                 kind, f"{status} from the provider: {detail}", retryable=True, status=status, retry_after=after
             )
         if status == 408:
-            return ProviderError("Timeout", f"408 request timeout: {detail}", retryable=True, status=status)
+            return ProviderError(ErrorType.TIMEOUT, f"408 request timeout: {detail}", retryable=True, status=status)
         fix = FIXES.get(status, "a client error that retrying will not fix")
         return ProviderError(
-            type(exc).__name__,
+            CLIENT_ERRORS.get(status, ErrorType.CLIENT_ERROR),
             f"{status}: {detail} ({fix})",
             retryable=False,
             status=status,
@@ -122,9 +138,11 @@ def classify(exc: BaseException, sdk: Any) -> ProviderError:
             worth_retrying_later=status in (401, 403, 404),
         )
     if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
-        return ProviderError("MalformedResponse", f"the provider's answer could not be read: {exc}", retryable=True)
+        return ProviderError(
+            ErrorType.MALFORMED_RESPONSE, f"the provider's answer could not be read: {exc}", retryable=True
+        )
     if isinstance(exc, sdk.APIError):
-        return ProviderError(type(exc).__name__, str(exc), retryable=True)
+        return ProviderError(ErrorType.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
     raise exc
 
 
@@ -211,13 +229,13 @@ class Provider:
         )
         choices = getattr(response, "choices", None)
         if not choices:
-            raise ProviderError("MalformedResponse", "the answer has no choices", retryable=True)
+            raise ProviderError(ErrorType.MALFORMED_RESPONSE, "the answer has no choices", retryable=True)
         message = choices[0].message
         if getattr(message, "refusal", None):
-            raise ProviderError("Refusal", f"the model refused: {message.refusal}", retryable=False)
+            raise ProviderError(ErrorType.REFUSAL, f"the model refused: {message.refusal}", retryable=False)
         text = message.content
         if not isinstance(text, str) or not text.strip():
-            raise ProviderError("EmptyResponse", "the answer is empty", retryable=True)
+            raise ProviderError(ErrorType.EMPTY_RESPONSE, "the answer is empty", retryable=True)
         usage = getattr(response, "usage", None)
         return Completion(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
 
@@ -244,10 +262,10 @@ class Provider:
             **extra,
         )
         if getattr(response, "stop_reason", None) == "refusal":
-            raise ProviderError("Refusal", "the model refused to answer", retryable=False)
+            raise ProviderError(ErrorType.REFUSAL, "the model refused to answer", retryable=False)
         blocks = getattr(response, "content", None) or []
         text = "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", "") == "text")
         if not text.strip():
-            raise ProviderError("EmptyResponse", "the answer is empty", retryable=True)
+            raise ProviderError(ErrorType.EMPTY_RESPONSE, "the answer is empty", retryable=True)
         usage = getattr(response, "usage", None)
         return Completion(text, getattr(usage, "input_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0)

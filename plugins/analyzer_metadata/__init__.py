@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version as dist_version
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from analyzer.errors import ImageError
-from analyzer.images import open_image
+from analyzer.errors import ErrorType
 from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, Result, SharedWork
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -80,30 +82,30 @@ def _parameters(prompt_info: Any) -> dict[str, Any]:
     return data
 
 
-def read_metadata(path: Any) -> Parsed:
-    """Decode the image once and read everything every mode needs (blocking)."""
+def parse_image(image: Image.Image) -> Parsed:
+    """Everything every mode needs, from one decoded image."""
     from sd_parsers import ParserManager
 
+    facts = {
+        "format": image.format,
+        "width": image.width,
+        "height": image.height,
+        "mode": image.mode,
+        "frames": getattr(image, "n_frames", 1),
+    }
+    parsed = Parsed(image=facts)
     try:
-        with open_image(path) as image:
-            facts = {
-                "format": image.format,
-                "width": image.width,
-                "height": image.height,
-                "mode": image.mode,
-                "frames": getattr(image, "n_frames", 1),
-            }
-            parsed = Parsed(image=facts)
-            try:
-                info = ParserManager().parse(image)
-                parsed.parameters = _parameters(info) if info is not None else None
-            except Exception as exc:  # a parser bug on odd metadata must not lose the image facts
-                parsed.parameters_error = f"cannot read generation parameters: {exc}"
-            return parsed
-    except ImageError as exc:
-        return Parsed(failure=Failure(type(exc).__name__, str(exc), retryable=False))
-    except OSError as exc:
-        return Parsed(failure=Failure.from_exception(exc, retryable=True))
+        info = ParserManager().parse(image)
+        parsed.parameters = _parameters(info) if info is not None else None
+    except Exception as exc:  # a parser bug on odd metadata must not lose the image facts
+        parsed.parameters_error = f"cannot read generation parameters: {exc}"
+    return parsed
+
+
+def read_metadata(image: ImageRef) -> Parsed:
+    """Decode the image once and read everything every mode needs (blocking)."""
+    found = image.read(parse_image)
+    return Parsed(failure=found) if isinstance(found, Failure) else found
 
 
 class MetadataPlugin(AnalyzerPlugin):
@@ -131,10 +133,10 @@ class MetadataPlugin(AnalyzerPlugin):
     async def setup(self) -> None:
         self._versions = {"pillow": dist_version("pillow"), "sd-parsers": dist_version("sd-parsers")}
 
-    def model_id(self, mode: str) -> str:
-        return self.MODEL_IDS[mode]
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return (self.MODEL_IDS[mode],)
 
-    async def analyze(self, mode: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         return await asyncio.to_thread(self._analyze_sync, mode, images)
 
     def _analyze_sync(self, mode: str, images: Sequence[ImageRef]) -> list[Outcome]:
@@ -142,13 +144,13 @@ class MetadataPlugin(AnalyzerPlugin):
         parameters = {"library_version": self._versions[model]}
         out: list[Outcome] = []
         for image in images:
-            parsed = self._shared.get_or_compute(image.hash, partial(read_metadata, image.path))
+            parsed = self._shared.get_or_compute(image.hash, partial(read_metadata, image))
             if parsed.failure is not None:
                 out.append(parsed.failure)
             elif mode == "image":
                 out.append(Result(parsed.image, parameters))
             elif parsed.parameters_error is not None:
-                out.append(Failure("MetadataError", parsed.parameters_error))
+                out.append(Failure(ErrorType.METADATA_ERROR, parsed.parameters_error))
             elif mode == "parameters":
                 out.append(Result(parsed.parameters, parameters))
             else:

@@ -1,0 +1,361 @@
+"""The store: one root's results, behind one interface that every command reads and writes through.
+
+A :class:`Store` holds a root's sidecars (the truth: one JSON file per image per plugin, see
+:mod:`analyzer.sidecar`), its index (an SQLite cache of what they say, :mod:`analyzer.index`) and
+its state folder (``<root>/.analyzer``, or under ``state_dir``), where the root's persistent id
+lives. Runs, the watcher, ``status`` and ``wildcards`` use it; so will export, grids and the server.
+
+Ids: a root's id is made once and kept in its state folder (``root-id``), so it survives renaming
+or remounting the folder; an image's id is the root's id and a digest of its path in the root:
+stable while the image stays where it is, whatever the host or mount point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, CorruptSidecar
+from .index import Index, SidecarRow
+from .planner import Planner, item_key
+from .selector import MISSING, Selector, value_digest
+from .sidecar import (
+    Layout,
+    atomic_write_text,
+    done_keys,
+    dumps,
+    failed_keys,
+    file_info,
+    merge_outcomes,
+    new_doc,
+    quarantine,
+    read_sidecar,
+)
+from .wildcards import clean_entry
+
+if TYPE_CHECKING:
+    from .discovery import Stat
+    from .plugin import AnalyzerPlugin
+    from .settings import Settings
+
+log = logging.getLogger("analyzer")
+
+ROOT_ID_FILE = "root-id"
+Entries = list[tuple[str, str, dict[str, Any]]]
+"""(mode, model id, sidecar entry)"""
+
+
+@dataclass(frozen=True)
+class Digester:
+    """How one plugin's sidecars are summarised in the index."""
+
+    plugin: AnalyzerPlugin
+    selectors: tuple[Selector, ...] = ()
+    """Selectors other plugins read from this one: their values' digests are kept in the index."""
+    preferred: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """mode -> the model ids the plugin is configured with now (which result a selector picks)."""
+
+    def row(self, doc: dict[str, Any], stat: Stat) -> SidecarRow:
+        retry, failed = failed_keys(doc)
+        analysis = doc.get("analysis", {})
+        wild: dict[str, list[str]] = {}
+        for mode in self.plugin.wildcard_modes:
+            for entry in analysis.get(mode, {}).values():
+                for text in self.plugin.wildcard_entries(mode, entry.get("result")):
+                    line = clean_entry(text)
+                    if line:
+                        wild.setdefault(mode, []).append(line)
+        ctx = {
+            item_key(mode, model): entry["context"]["digest"]
+            for mode, by_model in analysis.items()
+            for model, entry in by_model.items()
+            if isinstance(entry.get("context"), dict) and isinstance(entry["context"].get("digest"), str)
+        }
+        sel = {}
+        for selector in self.selectors:
+            found = selector.resolve(analysis, self.preferred.get(selector.mode, ()))
+            sel[selector.text] = value_digest(found.value if found is not None else MISSING)
+        return SidecarRow(
+            stat,
+            doc.get("file_info", {}).get("hash"),
+            frozenset(done_keys(doc)),
+            frozenset(retry),
+            frozenset(failed),
+            json.dumps(wild, ensure_ascii=False) if wild else None,
+            ctx or None,
+            sel or None,
+        )
+
+
+Preferred = dict[str, dict[str, tuple[str, ...]]]
+"""plugin -> mode -> the model ids it is configured with now, in its order."""
+
+
+def digesters(planner: Planner, plugins: Mapping[str, AnalyzerPlugin]) -> tuple[dict[str, Digester], Preferred]:
+    """A digester for every plugin whose sidecars ``planner`` looks at, and the models each prefers."""
+    preferred = {name: {mode: tuple(p.model_ids(mode)) for mode in p.enabled_modes()} for name, p in plugins.items()}
+    found = {
+        name: Digester(plugins[name], tuple(planner.selectors.get(name, ())), preferred[name])
+        for name in planner.watched
+    }
+    return found, preferred
+
+
+def resolve_roots(settings: Settings, paths: Sequence[Path]) -> list[Path]:
+    """The folders to work on (``paths``, else the ``roots`` setting), absolute and checked."""
+    roots = list(paths) or list(settings.roots)
+    if not roots:
+        raise ConfigError("no folder given: name one (analyzer run PATH) or set roots in the settings")
+    resolved: list[Path] = []
+    for path in roots:
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder")
+        resolved.append(path.resolve())
+    if settings.sidecar_dir is not None:
+        names = [r.name for r in resolved]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConfigError(f"with sidecar_dir set, roots need distinct folder names ({', '.join(dupes)})")
+    return list(dict.fromkeys(resolved))
+
+
+def wildcards_dir(settings: Settings, stores: Sequence[Store]) -> Path:
+    """Where the wildcard files go: the setting, else beside the mirrored sidecars, else in the first root."""
+    if settings.wildcards_dir is not None:
+        return settings.wildcards_dir.resolve()
+    if settings.sidecar_dir is not None:
+        return settings.sidecar_dir.resolve() / "wildcards"
+    return stores[0].root / "wildcards"
+
+
+def skip_dirs(settings: Settings, stores: Sequence[Store]) -> list[Path]:
+    """The analyzer's own output folders, never scanned for images."""
+    skip = [s.layout.sidecar_base for s in stores if s.layout.sidecar_base is not None]
+    skip.append(wildcards_dir(settings, stores))
+    if settings.state_dir is not None:
+        skip.append(settings.state_dir)
+    return skip
+
+
+def _root_id(state: Path, root: Path) -> str:
+    """The root's id from its state folder, made there (once, by whichever process is first) if absent."""
+    path = state / ROOT_ID_FILE
+    with contextlib.suppress(OSError):
+        found = path.read_text().strip()
+        if found:
+            return found
+    new = uuid.uuid4().hex[:16]
+    tmp = state / f".{ROOT_ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(new + "\n")
+        with contextlib.suppress(FileExistsError):  # another process wrote one first: that one counts
+            os.link(tmp, path)  # atomic, and never replaces an existing id
+        return path.read_text().strip() or new
+    except OSError as exc:
+        fallback = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+        log.warning("cannot keep an id for %s in %s (%s); using one made from its path", root, state, exc)
+        return fallback
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Store:
+    """One root: its sidecars, index and id."""
+
+    def __init__(self, root: Path, layout: Layout, index: Index, state_dir: Path, root_id: str) -> None:
+        self.root = root
+        self.layout = layout
+        self.index = index
+        self.state_dir = state_dir
+        self.id = root_id
+
+    @classmethod
+    def open(cls, root: Path, settings: Settings) -> Store:
+        """Open the store of ``root`` (an absolute folder) with the layout ``settings`` ask for."""
+        base = settings.sidecar_dir.resolve() / root.name if settings.sidecar_dir else None
+        key = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+        if settings.state_dir is not None:
+            state = settings.state_dir.resolve() / f"{root.name}-{key}"
+        else:
+            state = (base or root) / ".analyzer"
+        index = Index.open_for(state, key)
+        return cls(root, Layout(root, base), index, state, _root_id(state, root))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, id={self.id!r})"
+
+    @property
+    def changes(self) -> int:
+        """A count that grows with every change of the store's index (sidecar written, image forgotten)."""
+        return self.index.changes
+
+    def image_id(self, rel: str) -> str:
+        """The image's id: this root's id and a digest of its path in the root."""
+        return f"{self.id}-{hashlib.sha256(rel.encode()).hexdigest()[:16]}"
+
+    def sidecar_path(self, rel: str, plugin: str) -> Path:
+        return self.layout.sidecar_path(rel, plugin)
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, rel: str, plugin: str) -> dict[str, Any] | None:
+        """The image's sidecar of ``plugin`` (None if there is none). Raises CorruptSidecar, OSError."""
+        return read_sidecar(self.sidecar_path(rel, plugin))
+
+    def read_or_set_aside(self, rel: str, plugin: str, *, set_aside: bool) -> tuple[dict[str, Any] | None, bool]:
+        """The sidecar (None if there is none) and whether it was corrupt. Raises OSError.
+
+        A corrupt sidecar is reported and, with ``set_aside``, moved aside so it is redone.
+        """
+        path = self.sidecar_path(rel, plugin)
+        try:
+            return self.read(rel, plugin), False
+        except CorruptSidecar as exc:
+            if set_aside:
+                moved = quarantine(path)
+                log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
+            else:
+                log.warning("corrupt sidecar %s (%s); a run would move it aside and redo it", path, exc)
+            return None, True
+
+    def load(
+        self, rel_dir: str, name: str, digester: Digester, *, set_aside: bool
+    ) -> tuple[SidecarRow | None, dict[str, Any] | None, bool]:
+        """Read a sidecar the index does not know and index it: (digest, its file_info, was corrupt)."""
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        pname = digester.plugin.name
+        try:
+            doc, corrupt = self.read_or_set_aside(rel, pname, set_aside=set_aside)
+            if doc is None:
+                if corrupt:
+                    self.index.delete_sidecar(rel_dir, name, pname)
+                return None, None, corrupt
+            st = os.stat(self.sidecar_path(rel, pname))
+        except OSError as exc:
+            log.error("cannot read sidecar %s: %s", self.sidecar_path(rel, pname), exc.strerror or exc)
+            return None, None, False
+        row = digester.row(doc, (st.st_size, st.st_mtime_ns))
+        self.index.put_sidecar(rel_dir, name, pname, row.stat, row)
+        return row, doc.get("file_info"), False
+
+    def values(
+        self,
+        rel: str,
+        image_hash: str,
+        selectors: Iterable[Selector],
+        preferred: Mapping[str, Mapping[str, Sequence[str]]],
+    ) -> tuple[dict[str, Any], set[str]]:
+        """What ``selectors`` name for the image, by selector text (``MISSING`` where nothing is), and
+        the selectors whose plugin failed for the image (an error for their mode, no result).
+
+        Only results made for the image's current content (``image_hash``) count. ``preferred``
+        gives, per plugin and mode, the model ids to prefer when a mode has several results.
+        """
+        docs: dict[str, dict[str, Any] | None] = {}
+        out: dict[str, Any] = {}
+        failed: set[str] = set()
+        for sel in selectors:
+            if sel.plugin not in docs:
+                try:
+                    doc = self.read(rel, sel.plugin)
+                except (CorruptSidecar, OSError):
+                    doc = None
+                docs[sel.plugin] = doc if doc is not None and doc["file_info"].get("hash") == image_hash else None
+            doc = docs[sel.plugin]
+            found = None
+            analysis = doc["analysis"] if doc is not None else {}
+            if analysis.get(sel.mode):
+                found = sel.resolve(analysis, preferred.get(sel.plugin, {}).get(sel.mode, ()))
+            elif doc is not None and doc["errors"].get(sel.mode):
+                failed.add(sel.text)
+            out[sel.text] = found.value if found is not None else MISSING
+        return out, failed
+
+    def read_docs(self, rel: str, plugins: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The image's readable sidecars, by plugin (a corrupt or unreadable one is left where it is)."""
+        docs = {}
+        for pname in plugins:
+            try:
+                doc = self.read(rel, pname)
+            except (CorruptSidecar, OSError) as exc:
+                log.warning("sidecar %s not carried over: %s", self.sidecar_path(rel, pname), exc)
+                continue
+            if doc is not None:
+                docs[pname] = doc
+        return docs
+
+    # -- writing -----------------------------------------------------------------------
+    def write(
+        self,
+        rel: str,
+        digester: Digester,
+        *,
+        image_hash: str | None,
+        stat: Stat,
+        created_ns: int | None,
+        results: Entries,
+        errors: Entries,
+    ) -> bool:
+        """Merge results and errors into the image's sidecar, atomically, and index it (blocking).
+
+        ``image_hash`` None means the image could not be read: what the sidecar knew is kept and
+        the errors added. Returns whether a corrupt sidecar was set aside first. Raises OSError.
+        """
+        plugin = digester.plugin
+        doc, corrupt = self.read_or_set_aside(rel, plugin.name, set_aside=True)
+        if doc is not None and not image_hash:
+            info = doc["file_info"]  # unreadable now: keep what was known, add the errors
+        else:
+            if doc is None or doc["file_info"].get("hash") != image_hash:
+                doc = new_doc(plugin.name, plugin.version)
+            info = file_info(rel=rel, hash_=image_hash or None, size=stat[0], mtime_ns=stat[1], created_ns=created_ns)
+        merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
+        written = atomic_write_text(self.sidecar_path(rel, plugin.name), dumps(doc))
+        row = digester.row(doc, written)
+        rel_dir, _, name = rel.rpartition("/")
+        self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
+        return corrupt
+
+    def place(self, docs: Mapping[str, dict[str, Any]], rel: str, old: tuple[Store, str] | None = None) -> None:
+        """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place.
+
+        How sidecars follow an image that moved (the watcher's moves; blocking).
+        """
+        for pname, doc in docs.items():
+            info = doc.setdefault("file_info", {})
+            info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
+            atomic_write_text(self.sidecar_path(rel, pname), dumps(doc))
+            if old is not None and (old[0] is not self or old[1] != rel):
+                old[0].sidecar_path(old[1], pname).unlink(missing_ok=True)
+
+    def delete_sidecars(self, rel: str, plugins: Iterable[str]) -> None:
+        for pname in plugins:
+            self.sidecar_path(rel, pname).unlink(missing_ok=True)
+
+    def forget(self, rel: str) -> None:
+        """The image is gone from this path: the index drops it (its results leave the wildcards)."""
+        rel_dir, _, name = rel.rpartition("/")
+        self.index.delete_names(rel_dir, [name])
+
+    def forget_folder(self, rel_dir: str) -> list[str]:
+        """A folder is gone: the index drops everything under it; returns the images it knew there."""
+        gone: list[str] = []
+        for d in sorted(self.index.dirs()):
+            if d == rel_dir or d.startswith(rel_dir + "/"):
+                gone.extend(f"{d}/{name}" if d else name for name in self.index.load_dir(d))
+                self.index.delete_dirs([d])
+        return gone
+
+    def commit(self) -> None:
+        self.index.commit()
+
+    def close(self) -> None:
+        self.index.close()

@@ -1,0 +1,139 @@
+"""Looking at the stores without analysing anything: ``analyzer status`` and ``analyzer wildcards``.
+
+Both walk the roots like a run (the index is brought up to date with the sidecars on disk) but
+never read an image nor call a plugin, and never move a sidecar (a corrupt one is reported).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CorruptSidecar
+from .hashing import hash_file
+from .planner import STATES, Planner, RunOptions
+from .plugin import AnalyzerPlugin
+from .progress import RunStats
+from .selector import MISSING, Selector, to_text
+from .settings import Settings
+from .store import Store, digesters, resolve_roots, skip_dirs, wildcards_dir
+from .triage import Candidate, Triage
+from .wildcards import refresh_wildcards
+
+log = logging.getLogger("analyzer")
+
+
+@dataclass
+class Status:
+    """Per (plugin, mode, model id): how many images are in each state (see :mod:`analyzer.planner`)."""
+
+    images: int = 0
+    changed: int = 0
+    """Images whose content changed since their results were made (their results count as missing)."""
+    counts: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
+    stores: list[Store] = field(default_factory=list)
+
+
+def _survey(
+    settings: Settings,
+    plugins: Sequence[AnalyzerPlugin],
+    readers: Sequence[AnalyzerPlugin],
+    paths: Sequence[Path],
+    counts: Counter[tuple[str, str, str, str]] | None,
+) -> tuple[list[Store], RunStats]:
+    """Walk the roots, index what the sidecars say, tally item states into ``counts`` (blocking)."""
+    by_name = {p.name: p for p in [*readers, *plugins]}
+    planner = Planner(plugins, RunOptions(), readable=by_name)
+    found, _ = digesters(planner, by_name)
+    stats = RunStats()
+    tally = (lambda rows: planner.tally(rows, counts)) if counts is not None else None
+    triage = Triage(
+        planner,
+        found,
+        include=settings.include,
+        exclude=settings.exclude,
+        follow_symlinks=settings.follow_symlinks,
+        on_up_to_date=tally,
+        stats=stats,
+    )
+    stores = [Store.open(root, settings) for root in resolve_roots(settings, paths)]
+
+    def look(chunk: list[Candidate]) -> bool:
+        for cand in chunk:
+            prepared = triage.prepare(cand, hash_images=False, set_aside=False)
+            stats.corrupt_sidecars += prepared.corrupt
+            if prepared.state == "unhashed":
+                stats.changed += any(prepared.rows.values())
+                prepared.rows = {}
+            else:
+                stats.changed += prepared.changed
+            if counts is not None:
+                planner.tally(prepared.rows, counts)
+        return True
+
+    try:
+        triage.walk(stores, look, skip=skip_dirs(settings, stores))
+    finally:
+        for store in stores:
+            store.commit()
+    return stores, stats
+
+
+def collect_status(
+    settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path], readers: Sequence[AnalyzerPlugin] = ()
+) -> Status:
+    """Count every item's state under the roots (blocking)."""
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    stores, stats = _survey(settings, plugins, readers, paths, counts)
+    for store in stores:
+        store.close()
+    status = Status(stats.images, stats.changed)
+    for plugin in plugins:
+        for mode in plugin.enabled_modes():
+            for model in plugin.model_ids(mode):
+                status.counts[(plugin.name, mode, model)] = dict.fromkeys(STATES, 0)
+    for (plugin_name, mode, model, state), n in counts.items():
+        status.counts.setdefault((plugin_name, mode, model), dict.fromkeys(STATES, 0))[state] += n
+    return status
+
+
+def rebuild_wildcards(settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path]) -> dict[str, int]:
+    """Write the wildcard files from the sidecars as they are (blocking); lines per file name."""
+    stores, _ = _survey(settings, plugins, (), paths, None)
+    try:
+        return refresh_wildcards(stores, [p for p in plugins if p.wildcard_modes], wildcards_dir(settings, stores))
+    finally:
+        for store in stores:
+            store.close()
+
+
+def show_values(
+    store: Store, rel: str, plugins: Sequence[AnalyzerPlugin], selectors: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(selector, value as text) for one image: what ``selectors`` name, or every stored result (blocking).
+
+    Only results made for the image's current content count; a selector with no value shows ``-``.
+    """
+    image_hash = hash_file(store.root / rel)[0]
+    preferred = {p.name: {m: tuple(p.model_ids(m)) for m in p.enabled_modes()} for p in plugins}
+    if selectors:
+        wanted = [Selector.parse(text) for text in selectors]
+    else:
+        wanted = []
+        for plugin in plugins:
+            try:
+                doc = store.read(rel, plugin.name)
+            except CorruptSidecar as exc:
+                log.warning("%s", exc)
+                continue
+            if doc is None or doc["file_info"].get("hash") != image_hash:
+                continue
+            for mode, by_model in doc["analysis"].items():
+                for model in by_model:
+                    text = f"{plugin.name}.{mode}" + (f"@{model}" if len(by_model) > 1 else "")
+                    wanted.append(Selector.parse(text))
+    values, _ = store.values(rel, image_hash, wanted, preferred)
+    return [(sel.text, "-" if values[sel.text] is MISSING else to_text(values[sel.text])) for sel in wanted]
