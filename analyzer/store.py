@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -353,6 +353,10 @@ class Store:
                 gone.extend(f"{d}/{name}" if d else name for name in self.index.load_dir(d))
                 self.index.delete_dirs([d])
         return gone
+
+    def wildcard_rows(self, plugins: Iterable[str]) -> Iterator[tuple[str, dict[str, list[str]]]]:
+        """(plugin, {mode: wildcard entries}) for every indexed sidecar of these plugins, in path order."""
+        return self.index.wildcard_rows(plugins)
 
     def commit(self) -> None:
         self.index.commit()

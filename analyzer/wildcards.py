@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .sidecar import atomic_write_text
 
 if TYPE_CHECKING:
     from .plugin import AnalyzerPlugin
     from .progress import RunStats
-    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,16 @@ def write_wildcards(
     return written
 
 
+class WildcardSource(Protocol):
+    """Where the entries come from: a store (its index keeps each sidecar's entries)."""
+
+    def wildcard_rows(self, plugins: Iterable[str]) -> Iterator[tuple[str, dict[str, list[str]]]]:
+        """(plugin, {mode: entries}) for every sidecar of these plugins, in path order."""
+        ...
+
+
 def refresh_wildcards(
-    stores: Sequence[Store], plugins: Sequence[AnalyzerPlugin], folder: Path, stats: RunStats | None = None
+    stores: Sequence[WildcardSource], plugins: Sequence[AnalyzerPlugin], folder: Path, stats: RunStats | None = None
 ) -> dict[str, int]:
     """Write one wildcard file per plugin and wildcard mode from the stores' indexes (blocking).
 
@@ -72,7 +79,7 @@ def refresh_wildcards(
     """
     entries: dict[tuple[str, str], dict[str, None]] = {(p.name, mode): {} for p in plugins for mode in p.wildcard_modes}
     for store in stores:
-        for pname, wild in store.index.wildcard_rows(p.name for p in plugins):
+        for pname, wild in store.wildcard_rows(p.name for p in plugins):
             for mode, found in wild.items():
                 bucket = entries.get((pname, mode))
                 if bucket is not None:
