@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -46,8 +45,8 @@ from .progress import Reporter, RunStats
 from .runner import Job, Outcomes, PluginRunner
 from .selector import value_digest
 from .settings import Settings
-from .sidecar import now_iso
-from .store import Entries, Store, digesters, resolve_roots, skip_dirs, wildcards_dir
+from .sidecar import check_json, now_iso, publish
+from .store import Entries, StagedSidecar, Store, digesters, resolve_roots, skip_dirs, wildcards_dir
 from .triage import Candidate, Defer, Prepared, Triage
 from .wildcards import refresh_wildcards
 
@@ -527,10 +526,24 @@ class Engine:
                 self._job_finished(key)
 
     def _write_many(self, items: list[tuple[Job, Outcomes]]) -> list[_WriteReport]:
-        return [self._write_one(job, outcomes) for job, outcomes in items]
+        """Stage every job's sidecar, sync them together, put them in place, index them (blocking)."""
+        reports: list[_WriteReport] = []
+        staged: list[tuple[_WriteReport, StagedSidecar]] = []
+        now = now_iso()  # one time for the batch: the results were made together
+        for job, outcomes in items:
+            report, sidecar = self._stage_one(job, outcomes, now)
+            reports.append(report)
+            if sidecar is not None:
+                staged.append((report, sidecar))
+        for (report, sidecar), found in zip(staged, publish([s.staged for _, s in staged]), strict=True):
+            if isinstance(found, OSError):
+                report.write_error = str(found.strerror or found)
+            else:
+                sidecar.store.written(sidecar, found)
+        return reports
 
-    def _write_one(self, job: Job, outcomes: Outcomes) -> _WriteReport:
-        """Check the image is unchanged, then merge the outcomes into its sidecar (blocking)."""
+    def _stage_one(self, job: Job, outcomes: Outcomes, now: str) -> tuple[_WriteReport, StagedSidecar | None]:
+        """Check the image is unchanged, then merge the outcomes into its staged sidecar (blocking)."""
         plugin = self.by_name[job.plugin]
         report = _WriteReport(job)
         created_ns = None
@@ -539,16 +552,16 @@ class Engine:
                 st = os.stat(job.cand.path)
             except FileNotFoundError:
                 report.vanished = True
-                return report
+                return report, None
             created_ns = _created_ns(st)
             if (st.st_size, st.st_mtime_ns) != job.cand.stat and not self._same_content(job):
                 report.changed = True
                 changed = Failure(ErrorType.FILE_CHANGED, "the file changed while it was analysed", retryable=True)
                 outcomes = {item: (changed, 0.0) for item in outcomes}
-        results, errors, report.failed_modes = _sidecar_entries(plugin, job, outcomes)
+        results, errors, report.failed_modes = _sidecar_entries(plugin, job, outcomes, now)
         report.ok, report.failed = len(results), len(errors)
         try:
-            report.corrupt = job.cand.store.write(
+            sidecar = job.cand.store.stage(
                 job.cand.rel,
                 self.digesters[job.plugin],
                 image_hash=job.image.hash or None,
@@ -556,10 +569,13 @@ class Engine:
                 created_ns=created_ns,
                 results=results,
                 errors=errors,
+                now=now,
             )
         except OSError as exc:
             report.write_error = str(exc.strerror or exc)
-        return report
+            return report, None
+        report.corrupt = sidecar.corrupt
+        return report, sidecar
 
     def _same_content(self, job: Job) -> bool:
         """The image was touched while analysed: True if it was saved again with the same content."""
@@ -651,7 +667,7 @@ def _shown(items: list[Item], plugin: AnalyzerPlugin | None = None) -> str:
 
 
 def _sidecar_entries(
-    plugin: AnalyzerPlugin, job: Job, outcomes: Outcomes
+    plugin: AnalyzerPlugin, job: Job, outcomes: Outcomes, now: str
 ) -> tuple[Entries, Entries, dict[tuple[str, str], list[str]]]:
     """Sidecar entries (mode, model id, entry) for results and errors, and the failed modes by error."""
     results: Entries = []
@@ -661,13 +677,13 @@ def _sidecar_entries(
     for (mode, model), (outcome, seconds) in outcomes.items():
         if isinstance(outcome, Result):
             try:
-                json.dumps(outcome.value)
-            except (TypeError, ValueError) as exc:
+                check_json(outcome.value)
+            except TypeError as exc:
                 outcome = Failure(ErrorType.INVALID_RESULT, f"plugin returned a result that is not JSON: {exc}")
         if isinstance(outcome, Result):
             entry: dict[str, Any] = {
                 "result": outcome.value,
-                "created_at": now_iso(),
+                "created_at": now,
                 "duration_s": round(seconds, 4),
                 "parameters": outcome.parameters,
             }
@@ -684,7 +700,7 @@ def _sidecar_entries(
             "type": outcome.type,
             "message": outcome.message,
             "attempts": outcome.attempts,
-            "at": now_iso(),
+            "at": now,
             "retryable": outcome.retryable,
         }
         errors.append((mode, model, error))

@@ -10,11 +10,13 @@ unreadable index is rebuilt the same way. Deleting it is always safe.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -75,38 +77,69 @@ def _json_text(value: dict[str, str] | None) -> str | None:
     return json.dumps(value, sort_keys=True) if value else None
 
 
+BUSY_TIMEOUT = 60.0
+"""Seconds a statement waits for another process's write to finish before giving up."""
+FLUSH_ROWS = 512
+FLUSH_SECONDS = 0.25
+
+
 class Index:
+    """One root's index, shared by every process of this host that works on the root.
+
+    Writes are kept in memory and written in one short transaction at a time (every
+    ``FLUSH_ROWS`` writes or ``FLUSH_SECONDS``, before a read, and on :meth:`commit`), so no
+    process holds SQLite's write lock for longer than that; the others wait for it (busy timeout),
+    never fail. A write that cannot be saved is logged and dropped: the index is a cache of the
+    sidecars, and what it misses is read again from them.
+    """
+
     def __init__(self, path: Path | None) -> None:
         """Open (creating) the index at ``path``; ``None`` keeps it in memory for this run."""
         self.path = path
-        target = str(path) if path is not None else ":memory:"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._db = self._connect()
         try:
             self._init()
+        except sqlite3.OperationalError:
+            raise  # locked or unreachable: another process may be using it, never delete it
         except sqlite3.DatabaseError:
             if path is None:
                 raise
             log.warning("index %s is unreadable; rebuilding it from the sidecars", path)
             self._db.close()
             path.unlink(missing_ok=True)
-            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            self._db = self._connect()
             self._init()
-        self._pending = 0
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        self._pending_since = 0.0
         self.changes = 0
         """Counts every change (under the lock): a reader compares it with the count it saw last."""
+
+    def _connect(self) -> sqlite3.Connection:
+        target = str(self.path) if self.path is not None else ":memory:"
+        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        return db
 
     def _init(self) -> None:
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
-        row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is None or row[0] != INDEX_VERSION:  # another layout: rebuilt from the sidecars
-            db.executescript("DROP TABLE IF EXISTS images; DROP TABLE IF EXISTS sidecars;")
-            db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
-        db.executescript(_SCHEMA)
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")  # one process at a time sets the layout up
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+            row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if row is None or row[0] != INDEX_VERSION:  # another layout: rebuilt from the sidecars
+                db.execute("DROP TABLE IF EXISTS images")
+                db.execute("DROP TABLE IF EXISTS sidecars")
+                db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def open_for(cls, state_dir: Path, fallback_key: str) -> Index:
@@ -136,6 +169,7 @@ class Index:
             where += f" AND name IN ({','.join('?' * len(names))})"
             args = [rel_dir, *names]
         with self._lock:
+            self._flush_locked()
             images = self._db.execute(f"SELECT name, size, mtime_ns, hash FROM images WHERE {where}", args)
             for name, size, mtime_ns, hash_ in images:
                 rows[name] = ImageRow((size, mtime_ns), hash_)
@@ -162,6 +196,7 @@ class Index:
 
     def dirs(self) -> set[str]:
         with self._lock:
+            self._flush_locked()
             found = {d for (d,) in self._db.execute("SELECT DISTINCT dir FROM images")}
             found |= {d for (d,) in self._db.execute("SELECT DISTINCT dir FROM sidecars")}
         return found
@@ -173,6 +208,7 @@ class Index:
             return
         marks = ",".join("?" * len(wanted))
         with self._lock:
+            self._flush_locked()
             rows = self._db.execute(
                 f"SELECT plugin, wild FROM sidecars WHERE plugin IN ({marks}) AND wild IS NOT NULL ORDER BY dir, name",
                 wanted,
@@ -182,71 +218,78 @@ class Index:
 
     # -- writing -------------------------------------------------------------------------
     def put_image(self, rel_dir: str, name: str, stat: Stat, hash_: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO images VALUES(?,?,?,?,?)", (rel_dir, name, stat[0], stat[1], hash_)
-            )
-            self._tick()
+        self._write("INSERT OR REPLACE INTO images VALUES(?,?,?,?,?)", (rel_dir, name, stat[0], stat[1], hash_))
 
     def put_sidecar(self, rel_dir: str, name: str, plugin: str, stat: Stat, row: SidecarRow) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rel_dir,
-                    name,
-                    plugin,
-                    stat[0],
-                    stat[1],
-                    row.hash,
-                    "\n".join(sorted(row.done)),
-                    "\n".join(sorted(row.retry)),
-                    "\n".join(sorted(row.failed)),
-                    row.wild,
-                    _json_text(row.ctx),
-                    _json_text(row.sel),
-                ),
-            )
-            self._tick()
+        self._write(
+            "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                rel_dir,
+                name,
+                plugin,
+                stat[0],
+                stat[1],
+                row.hash,
+                "\n".join(sorted(row.done)),
+                "\n".join(sorted(row.retry)),
+                "\n".join(sorted(row.failed)),
+                row.wild,
+                _json_text(row.ctx),
+                _json_text(row.sel),
+            ),
+        )
 
     def delete_sidecar(self, rel_dir: str, name: str, plugin: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?", (rel_dir, name, plugin))
-            self._tick()
+        self._write("DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?", (rel_dir, name, plugin))
 
     def delete_names(self, rel_dir: str, names: Iterable[str]) -> None:
-        with self._lock:
-            for name in names:
-                self._db.execute("DELETE FROM images WHERE dir=? AND name=?", (rel_dir, name))
-                self._db.execute("DELETE FROM sidecars WHERE dir=? AND name=?", (rel_dir, name))
-            self._tick()
+        for name in names:
+            self._write("DELETE FROM images WHERE dir=? AND name=?", (rel_dir, name))
+            self._write("DELETE FROM sidecars WHERE dir=? AND name=?", (rel_dir, name))
 
     def delete_dirs(self, rel_dirs: Iterable[str]) -> None:
+        for rel_dir in rel_dirs:
+            self._write("DELETE FROM images WHERE dir=?", (rel_dir,))
+            self._write("DELETE FROM sidecars WHERE dir=?", (rel_dir,))
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
         with self._lock:
-            for rel_dir in rel_dirs:
-                self._db.execute("DELETE FROM images WHERE dir=?", (rel_dir,))
-                self._db.execute("DELETE FROM sidecars WHERE dir=?", (rel_dir,))
-            self._tick()
+            self.changes += 1
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append((sql, args))
+            if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._pending_since >= FLUSH_SECONDS:
+                self._flush_locked()
 
-    def _tick(self) -> None:
-        self.changes += 1
-        self._pending += 1
-        if self._pending >= 2000:
-            self._commit_locked()
-
-    def _commit_locked(self) -> None:
-        self._db.execute("COMMIT")
-        self._db.execute("BEGIN")
-        self._pending = 0
+    def _flush_locked(self) -> None:
+        """Write what is pending in one short transaction (under the lock)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, group in itertools.groupby(pending, key=lambda p: p[0]):
+                    db.executemany(sql, [args for _, args in group])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:  # a cache: what it misses is read again from the sidecars
+            log.warning(
+                "index %s: %d changes not saved (%s); they are read again from the sidecars",
+                self.path,
+                len(pending),
+                exc,
+            )
 
     def commit(self) -> None:
+        """Write what is pending now."""
         with self._lock:
-            self._commit_locked()
+            self._flush_locked()
 
     def close(self) -> None:
         with self._lock:
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.warning("could not save the index: %s", exc)
+            self._flush_locked()
             self._db.close()

@@ -288,5 +288,20 @@ class SharedWork(Generic[K, V]):
                 self._items.popitem(last=False)
         return value
 
+    def get(self, key: K) -> V | None:
+        """The cached value for ``key``, or None. Thread-safe."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        """Remember ``value`` for ``key``, forgetting the least recently used beyond the capacity."""
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
     def __len__(self) -> int:
         return len(self._items)

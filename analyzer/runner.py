@@ -73,15 +73,25 @@ class PluginRunner:
         self.workers = [
             asyncio.create_task(self._worker(), name=f"analyzer-{plugin.name}-{i}") for i in range(plugin.concurrency)
         ]
+        self._writes: set[asyncio.Task[None]] = set()
+        self._write_slots = asyncio.Semaphore(max(2, plugin.concurrency * 2))
+        """Batches analysed but not yet written: a worker goes on with the next batch meanwhile
+        (the write's fsyncs run in the host's threads), at most this many at a time."""
 
     async def submit(self, job: Job) -> None:
         await self.queue.put(job)
 
     async def finish(self) -> None:
-        """Let the queued jobs run, then end the workers."""
+        """Let the queued jobs run and their results be written, then end the workers."""
         for _ in self.workers:
             await self.queue.put(None)
         await asyncio.gather(*self.workers, return_exceptions=True)
+        await self.written()
+
+    async def written(self) -> None:
+        """Wait for the writes under way (they are never cancelled: a write that started completes)."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     def cancel(self) -> None:
         for worker in self.workers:
@@ -90,6 +100,7 @@ class PluginRunner:
     async def close(self) -> None:
         self.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
+        await self.written()
         if not self.ready.done():
             self.ready.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,4 +215,15 @@ class PluginRunner:
             seconds = (time.perf_counter() - started) / len(images)
             for i, out in zip(idx, outs, strict=True):
                 outcomes[i][item] = (out, seconds)
-        await self.host.write_batch(list(zip(batch, outcomes, strict=True)))
+        await self._write_slots.acquire()
+        task = asyncio.create_task(self._write(list(zip(batch, outcomes, strict=True))))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, items: list[tuple[Job, Outcomes]]) -> None:
+        try:
+            await self.host.write_batch(items)
+        except Exception:  # the host logs per image; this is a bug, not a lost run
+            log.exception("%s: writing a batch of %d failed", self.plugin.name, len(items))
+        finally:
+            self._write_slots.release()

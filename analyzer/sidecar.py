@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import CorruptSidecar as CorruptSidecar  # re-exported: it was defined here
 
@@ -60,15 +63,19 @@ class Layout:
         return base / rel_dir if rel_dir else base
 
     def sidecar_path(self, rel: str, plugin: str) -> Path:
-        rel_dir, _, name = rel.rpartition("/")
-        return self.sidecar_dir(rel_dir) / sidecar_name(name, plugin)
+        return Path(self.sidecar_file(rel, plugin))
+
+    def sidecar_file(self, rel: str, plugin: str) -> str:
+        """:meth:`sidecar_path` as a plain string (building a Path costs more than reading a small file)."""
+        base = self.sidecar_base if self.sidecar_base is not None else self.root
+        return f"{base}/{rel}.{plugin}.json"
 
     @property
     def beside(self) -> bool:
         return self.sidecar_base is None
 
 
-def _validate(doc: Any, path: Path) -> dict[str, Any]:
+def _validate(doc: Any, path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CorruptSidecar(f"{path}: top level is not a JSON object")
     for section in ("file_info", "analysis", "errors"):
@@ -87,15 +94,16 @@ def _validate(doc: Any, path: Path) -> dict[str, Any]:
     return doc
 
 
-def read_sidecar(path: Path) -> dict[str, Any] | None:
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     """The sidecar at ``path``, ``None`` if there is none. Raises CorruptSidecar."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
         return None
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # also a ValueError for invalid UTF-8
         raise CorruptSidecar(f"{path}: not valid JSON ({exc})") from exc
     return _validate(doc, path)
 
@@ -112,37 +120,102 @@ _counter = itertools.count()
 
 
 def atomic_write_text(path: Path, text: str) -> tuple[int, int]:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename.
+    """Write ``text`` (UTF-8) to ``path`` atomically: see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> tuple[int, int]:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename.
 
     Returns the written file's (size, mtime_ns). The temporary file is hidden (``.<name>.<pid>.<n>.tmp``)
     and removed again if anything fails, so ``path`` holds the old content or the new, never a mix.
     """
-    data = text.encode("utf-8")
-    tmp = path.with_name(f".{path.name[:64]}.{os.getpid()}.{next(_counter)}.tmp")
+    (found,) = publish([stage(path, data)])
+    if isinstance(found, OSError):
+        raise found
+    return found
+
+
+@dataclass
+class Staged:
+    """A file written under its temporary name, not yet synced nor in place (see :func:`publish`)."""
+
+    path: str | Path
+    tmp: str
+    fd: int
+
+
+def stage(path: str | Path, data: bytes) -> Staged:
+    """Write ``data`` to a new hidden temporary file beside ``path`` (blocking). Raises OSError."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name[:64]}.{os.getpid()}.{next(_counter)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(tmp, flags, 0o644)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return st.st_size, st.st_mtime_ns
+    return Staged(path, tmp, fd)
 
 
-def file_info(*, rel: str, hash_: str | None, size: int, mtime_ns: int, created_ns: int | None) -> dict[str, Any]:
+FSYNC_THREADS = 8
+"""fsyncs in flight at once: the file system's journal commits concurrent ones together."""
+_fsyncs: ThreadPoolExecutor | None = None
+_fsyncs_lock = threading.Lock()
+
+
+def _fsync_all(staged: list[Staged]) -> list[OSError | None]:
+    """fsync every file, several at once: the file system commits them together (blocking)."""
+
+    def one(item: Staged) -> OSError | None:
+        try:
+            os.fsync(item.fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    if len(staged) <= 1:
+        return [one(item) for item in staged]
+    global _fsyncs
+    with _fsyncs_lock:
+        if _fsyncs is None:
+            _fsyncs = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="analyzer-fsync")
+    return list(_fsyncs.map(one, staged))
+
+
+def publish(staged: list[Staged]) -> list[tuple[int, int] | OSError]:
+    """Sync the staged files, then rename each into place: per file its (size, mtime_ns) or the
+    error that kept it out (its temporary file is removed; its old content stays). Blocking."""
+    out: list[tuple[int, int] | OSError] = []
+    for item, error in zip(staged, _fsync_all(staged), strict=True):
+        try:
+            try:
+                if error is not None:
+                    raise error
+                st = os.fstat(item.fd)
+            finally:
+                os.close(item.fd)
+            os.replace(item.tmp, item.path)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(item.tmp)
+            out.append(exc)
+    return out
+
+
+def file_info(
+    *, rel: str, hash_: str | None, size: int, mtime_ns: int, created_ns: int | None, now: str | None = None
+) -> dict[str, Any]:
     """``hash_`` is None when the image could not be read (its errors are still recorded)."""
     algorithm = hash_.split(":", 1)[0] if hash_ else None
     return {
@@ -154,7 +227,7 @@ def file_info(*, rel: str, hash_: str | None, size: int, mtime_ns: int, created_
         "mtime_ns": mtime_ns,
         "created": ns_to_iso(created_ns) if created_ns is not None else None,
         "modified": ns_to_iso(mtime_ns),
-        "processed_at": now_iso(),
+        "processed_at": now or now_iso(),
     }
 
 
@@ -197,8 +270,21 @@ def merge_outcomes(
     return doc
 
 
-def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n"
+_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+def check_json(value: Any) -> None:
+    """Raise TypeError (``orjson.JSONEncodeError``) unless ``value`` can be stored as a result as it is."""
+    orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    """The sidecar as UTF-8 JSON, indented by two spaces, keys in their order, ending with a newline.
+
+    orjson writes it (Python's own encoder falls back to pure Python when indenting: about 0.2 ms
+    per sidecar, a fifth of a cold metadata run). Values JSON cannot hold are written as text.
+    """
+    return orjson.dumps(doc, default=str, option=_OPTIONS)
 
 
 def done_keys(doc: dict[str, Any]) -> list[str]:

@@ -29,15 +29,18 @@ from .planner import Planner, item_key
 from .selector import MISSING, Selector, value_digest
 from .sidecar import (
     Layout,
-    atomic_write_text,
+    Staged,
+    atomic_write_bytes,
     done_keys,
     dumps,
     failed_keys,
     file_info,
     merge_outcomes,
     new_doc,
+    publish,
     quarantine,
     read_sidecar,
+    stage,
 )
 from .wildcards import clean_entry
 
@@ -168,6 +171,18 @@ def _root_id(state: Path, root: Path) -> str:
         tmp.unlink(missing_ok=True)
 
 
+@dataclass
+class StagedSidecar:
+    """A merged sidecar written under its temporary name (:meth:`Store.stage`)."""
+
+    store: Store
+    rel: str
+    digester: Digester
+    doc: dict[str, Any]
+    staged: Staged
+    corrupt: bool
+
+
 class Store:
     """One root: its sidecars, index and id."""
 
@@ -208,17 +223,17 @@ class Store:
     # -- reading -----------------------------------------------------------------------
     def read(self, rel: str, plugin: str) -> dict[str, Any] | None:
         """The image's sidecar of ``plugin`` (None if there is none). Raises CorruptSidecar, OSError."""
-        return read_sidecar(self.sidecar_path(rel, plugin))
+        return read_sidecar(self.layout.sidecar_file(rel, plugin))
 
     def read_or_set_aside(self, rel: str, plugin: str, *, set_aside: bool) -> tuple[dict[str, Any] | None, bool]:
         """The sidecar (None if there is none) and whether it was corrupt. Raises OSError.
 
         A corrupt sidecar is reported and, with ``set_aside``, moved aside so it is redone.
         """
-        path = self.sidecar_path(rel, plugin)
         try:
             return self.read(rel, plugin), False
         except CorruptSidecar as exc:
+            path = self.sidecar_path(rel, plugin)
             if set_aside:
                 moved = quarantine(path)
                 log.warning("corrupt sidecar moved aside to %s (%s); the image will be analysed again", moved, exc)
@@ -293,6 +308,44 @@ class Store:
         return docs
 
     # -- writing -----------------------------------------------------------------------
+    def stage(
+        self,
+        rel: str,
+        digester: Digester,
+        *,
+        image_hash: str | None,
+        stat: Stat,
+        created_ns: int | None,
+        results: Entries,
+        errors: Entries,
+        now: str | None = None,
+    ) -> StagedSidecar:
+        """Merge results and errors into the image's sidecar under a temporary name (blocking).
+
+        ``image_hash`` None means the image could not be read: what the sidecar knew is kept and
+        the errors added. :func:`~analyzer.sidecar.publish` puts it in place, then :meth:`written`
+        indexes it. Raises OSError.
+        """
+        plugin = digester.plugin
+        doc, corrupt = self.read_or_set_aside(rel, plugin.name, set_aside=True)
+        if doc is not None and not image_hash:
+            info = doc["file_info"]  # unreadable now: keep what was known, add the errors
+        else:
+            if doc is None or doc["file_info"].get("hash") != image_hash:
+                doc = new_doc(plugin.name, plugin.version)
+            info = file_info(
+                rel=rel, hash_=image_hash or None, size=stat[0], mtime_ns=stat[1], created_ns=created_ns, now=now
+            )
+        merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
+        staged = stage(self.layout.sidecar_file(rel, plugin.name), dumps(doc))
+        return StagedSidecar(self, rel, digester, doc, staged, corrupt)
+
+    def written(self, sidecar: StagedSidecar, stat: Stat) -> None:
+        """A staged sidecar is in place with this (size, mtime_ns): the index learns what it says."""
+        row = sidecar.digester.row(sidecar.doc, stat)
+        rel_dir, _, name = sidecar.rel.rpartition("/")
+        self.index.put_sidecar(rel_dir, name, sidecar.digester.plugin.name, row.stat, row)
+
     def write(
         self,
         rel: str,
@@ -304,25 +357,15 @@ class Store:
         results: Entries,
         errors: Entries,
     ) -> bool:
-        """Merge results and errors into the image's sidecar, atomically, and index it (blocking).
-
-        ``image_hash`` None means the image could not be read: what the sidecar knew is kept and
-        the errors added. Returns whether a corrupt sidecar was set aside first. Raises OSError.
-        """
-        plugin = digester.plugin
-        doc, corrupt = self.read_or_set_aside(rel, plugin.name, set_aside=True)
-        if doc is not None and not image_hash:
-            info = doc["file_info"]  # unreadable now: keep what was known, add the errors
-        else:
-            if doc is None or doc["file_info"].get("hash") != image_hash:
-                doc = new_doc(plugin.name, plugin.version)
-            info = file_info(rel=rel, hash_=image_hash or None, size=stat[0], mtime_ns=stat[1], created_ns=created_ns)
-        merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
-        written = atomic_write_text(self.sidecar_path(rel, plugin.name), dumps(doc))
-        row = digester.row(doc, written)
-        rel_dir, _, name = rel.rpartition("/")
-        self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
-        return corrupt
+        """:meth:`stage`, publish and index one sidecar; whether a corrupt one was set aside first."""
+        staged = self.stage(
+            rel, digester, image_hash=image_hash, stat=stat, created_ns=created_ns, results=results, errors=errors
+        )
+        (found,) = publish([staged.staged])
+        if isinstance(found, OSError):
+            raise found
+        self.written(staged, found)
+        return staged.corrupt
 
     def place(self, docs: Mapping[str, dict[str, Any]], rel: str, old: tuple[Store, str] | None = None) -> None:
         """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place.
@@ -332,7 +375,7 @@ class Store:
         for pname, doc in docs.items():
             info = doc.setdefault("file_info", {})
             info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
-            atomic_write_text(self.sidecar_path(rel, pname), dumps(doc))
+            atomic_write_bytes(self.sidecar_path(rel, pname), dumps(doc))
             if old is not None and (old[0] is not self or old[1] != rel):
                 old[0].sidecar_path(old[1], pname).unlink(missing_ok=True)
 

@@ -28,7 +28,9 @@ _SPACE = re.compile(r"\s+")
 
 def clean_entry(text: str) -> str:
     """One wildcard line: no line breaks or control characters, no leading ``#``."""
-    text = _SPACE.sub(" ", "".join(c if c.isprintable() else " " for c in text)).strip()
+    if not text.isprintable():  # rare: most entries are one printable line already
+        text = "".join(c if c.isprintable() else " " for c in text)
+    text = _SPACE.sub(" ", text).strip()
     return text.lstrip("#").strip()
 
 

@@ -10,6 +10,7 @@ from analyzer.cli import main
 
 from fakes import CountingPlugin, SlowPlugin
 
-analyzer.register(SlowPlugin)
-analyzer.register(CountingPlugin)
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # the metadata plugin's worker processes import this file again
+    analyzer.register(SlowPlugin)
+    analyzer.register(CountingPlugin)
+    sys.exit(main(sys.argv[1:]))

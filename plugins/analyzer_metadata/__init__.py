@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from importlib.metadata import version as dist_version
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field
+
 from analyzer.errors import ErrorType
-from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, Result, SharedWork
+from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result, SharedWork
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,6 +112,24 @@ def read_metadata(image: ImageRef) -> Parsed:
     return Parsed(failure=found) if isinstance(found, Failure) else found
 
 
+def read_many(images: Sequence[ImageRef]) -> list[Parsed]:
+    """:func:`read_metadata` for a batch: what a worker process is sent."""
+    return [read_metadata(image) for image in images]
+
+
+def _warm_up() -> None:
+    """In a new worker process: import what decoding needs before the first batch arrives."""
+    import sd_parsers  # noqa: F401
+    from PIL import Image, PngImagePlugin  # noqa: F401
+
+
+class MetadataOptions(PluginOptions):
+    workers: int | None = Field(default=None, ge=0, le=64)
+    """Processes decoding images and parsing their metadata (default: the CPU count, at most 4;
+    ``0``: threads of this process). Decoding and parsing hold Python's GIL, so processes let them
+    use every core while the engine hashes and writes."""
+
+
 class MetadataPlugin(AnalyzerPlugin):
     name = "metadata"
     version = "1.0.0"
@@ -115,8 +137,9 @@ class MetadataPlugin(AnalyzerPlugin):
     wildcard_modes = ("prompt", "negative")
     requires = ("sd_parsers", "PIL")
     install_hint = "pip install sd-parsers pillow"
-    batch_size_hint = 16
-    concurrency_hint = 2
+    batch_size_hint = 64
+    """Large batches: a batch's sidecars are synced to disk together, and each batch is one task for a worker."""
+    Options = MetadataOptions
 
     MODEL_IDS: ClassVar[dict[str, str]] = {
         "image": "pillow",
@@ -127,24 +150,49 @@ class MetadataPlugin(AnalyzerPlugin):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
+        assert isinstance(self.options, MetadataOptions)
+        self.workers = self.options.workers if self.options.workers is not None else min(4, os.cpu_count() or 1)
         self._shared: SharedWork[str, Parsed] = SharedWork(capacity=512)
         self._versions: dict[str, str] = {}
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def concurrency(self) -> int:
+        return self.options.concurrency or max(2, self.workers)
 
     async def setup(self) -> None:
         self._versions = {"pillow": dist_version("pillow"), "sd-parsers": dist_version("sd-parsers")}
+        if self.workers > 0:
+            # forkserver: workers start from a clean process, never a fork of this threaded one
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_warm_up)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     def model_ids(self, mode: str) -> tuple[str, ...]:
         return (self.MODEL_IDS[mode],)
 
     async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
-        return await asyncio.to_thread(self._analyze_sync, mode, images)
+        todo = [image for image in images if self._shared.get(image.hash) is None]
+        if todo:
+            loop = asyncio.get_running_loop()
+            if self._pool is not None:
+                found = await loop.run_in_executor(self._pool, read_many, todo)
+            else:
+                found = await asyncio.to_thread(read_many, todo)
+            for image, parsed in zip(todo, found, strict=True):
+                self._shared.put(image.hash, parsed)
+        return self._outcomes(mode, images)
 
-    def _analyze_sync(self, mode: str, images: Sequence[ImageRef]) -> list[Outcome]:
+    def _outcomes(self, mode: str, images: Sequence[ImageRef]) -> list[Outcome]:
         model = self.MODEL_IDS[mode]
         parameters = {"library_version": self._versions[model]}
         out: list[Outcome] = []
         for image in images:
-            parsed = self._shared.get_or_compute(image.hash, partial(read_metadata, image))
+            parsed = self._shared.get(image.hash) or read_metadata(image)
             if parsed.failure is not None:
                 out.append(parsed.failure)
             elif mode == "image":
