@@ -182,8 +182,8 @@ async def _run(engine: Engine, paths: list[Path]) -> RunStats:
     engine.stats.unavailable_plugins.extend(unavailable)
     with stop_on_signals(engine):
         try:
-            if await engine.scan():
-                await engine.drain()
+            await engine.scan()
+            await engine.drain()  # after a stop during the walk too: in-flight work gets its grace period
         finally:
             stats = await engine.close()
     return stats

@@ -33,6 +33,8 @@ class Listing:
     """(file name, stat) of each image, sorted by name."""
     json_files: dict[str, Stat] = field(default_factory=dict)
     """Stats of the ``.json`` files in the folder, by name."""
+    temps: list[str] = field(default_factory=list)
+    """The analyzer's own temporary files in the folder (``.<name>~<host>~<pid>~<n>.tmp``)."""
 
     def rel(self, name: str) -> str:
         return f"{self.rel_dir}/{name}" if self.rel_dir else name
@@ -121,6 +123,8 @@ class _Walker:
             with os.scandir(fd) as it:
                 for entry in it:
                     if entry.name.startswith("."):
+                        if entry.name.endswith(".tmp") and "~" in entry.name:
+                            listing.temps.append(entry.name)
                         continue
                     try:
                         self._entry(listing, entry, subdirs)

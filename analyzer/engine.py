@@ -27,26 +27,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import hosts
+from .discovery import Stat
 from .errors import ConfigError, ErrorType, exit_for_signal
 from .hashing import FileChangedError, hash_file
-from .planner import Item, Planner, RunOptions, combine
+from .index import Claim
+from .planner import Item, Planner, RunOptions, item_key
 from .plugin import AnalyzerPlugin, Failure, ImageRef, Result, Summarizes
 from .progress import Reporter, RunStats
 from .runner import Job, Outcomes, PluginRunner
-from .selector import value_digest
+from .selector import MISSING, context_digest
 from .settings import Settings
-from .sidecar import check_json, now_iso, publish
-from .store import Entries, StagedSidecar, Store, digesters, resolve_roots, skip_dirs, wildcards_dir
+from .sidecar import as_json, now_iso, publish
+from .store import Entries, StagedSidecar, Store, digesters, locked, resolve_roots, skip_dirs, wildcards_dir
 from .triage import Candidate, Defer, Prepared, Triage
 from .wildcards import refresh_wildcards
 
@@ -55,6 +59,12 @@ log = logging.getLogger("analyzer")
 T = TypeVar("T")
 Key = tuple[Path, str]
 """(root, image path relative to it): one image, wherever its work is in the pipeline."""
+CLAIM_LEASE = 300.0
+"""Seconds a claim on an item holds; renewed while its owner lives, taken over once it is gone."""
+ELSEWHERE_POLL = 0.5
+"""Seconds between looks at images whose work another process had claimed."""
+PUBLISH_GROUP = 64
+"""Sidecars staged, synced and renamed together (each holds an open file until it is in place)."""
 
 
 @dataclass
@@ -66,6 +76,7 @@ class _Waiting:
     items: list[Item]
     image: ImageRef
     waits_for: set[str]
+    seen: Stat | None = None
 
 
 @dataclass
@@ -160,6 +171,10 @@ class Engine:
         """Images whose work is in the pipeline, with the number of jobs (and plannings) not yet done."""
         self._rechecks: set[Key] = set()
         self._waiting: dict[Key, list[_Waiting]] = {}
+        self._elsewhere: dict[Key, tuple[Store, str, str]] = {}
+        """Images with items another process of this host has claimed: looked at again until done."""
+        self._handoffs: set[asyncio.Task[None]] = set()
+        """Jobs that waited for a provider, on their way to their runner (never inside a provider's write)."""
         self._queued = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -175,6 +190,7 @@ class Engine:
             asyncio.create_task(self._prepare_worker(), name=f"analyzer-prepare-{i}")
             for i in range(self.settings.hash_workers)
         ]
+        self._renewer = asyncio.create_task(self._renew_claims(), name="analyzer-claims")
         self._opened = True
         return self.stores
 
@@ -197,7 +213,27 @@ class Engine:
         await loop.run_in_executor(self._scan, self.triage.names, store, rel_dir, names, emit)
 
     async def drain(self) -> None:
-        """Wait until every piece of work queued so far is written; after a stop, at most the grace period."""
+        """Wait until every piece of work queued so far is written, also by other processes that had
+        claimed some of it (or it is taken over when they are gone); after a stop, at most the grace period."""
+        while True:
+            await self._drain_own()
+            if not self._elsewhere or self.stopping.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), ELSEWHERE_POLL)
+            await self.look_again_elsewhere()
+
+    async def look_again_elsewhere(self) -> None:
+        """Triage again the images another process had claimed work of: done by it, or still to do here."""
+        waiting, self._elsewhere = self._elsewhere, {}
+        by_folder: dict[tuple[int, str], tuple[Store, list[str]]] = {}
+        for store, rel_dir, name in waiting.values():
+            by_folder.setdefault((id(store), rel_dir), (store, []))[1].append(name)
+        for (_, rel_dir), (store, names) in by_folder.items():
+            await self.submit(store, rel_dir, names)
+
+    async def _drain_own(self) -> None:
+        """Wait until this process's queued work is written; after a stop, at most the grace period."""
         idle = asyncio.create_task(self._idle.wait())
         stop = asyncio.create_task(self.stopping.wait())
         try:
@@ -219,6 +255,7 @@ class Engine:
             return self.stats
         self._opened = False
         self._thread_stop.set()
+        self._renewer.cancel()
         try:
             if self.stopping.is_set():  # what is still queued is dropped: found again by a later run
                 for task in self._preparers:
@@ -228,9 +265,12 @@ class Engine:
                     await self._chunks.put(None)
             await asyncio.gather(*self._preparers, return_exceptions=True)
             if not self.stopping.is_set():  # stopping: what is still queued is dropped, not started
-                for runner in self.runners.values():
+                for runner in self._runners_in_order():
                     await runner.finish()
-            for runner in self.runners.values():
+            for task in self._handoffs:
+                task.cancel()
+            await asyncio.gather(*self._handoffs, return_exceptions=True)
+            for runner in self._runners_in_order():
                 await runner.close()
                 if runner.started and isinstance(runner.plugin, Summarizes):
                     self.summaries.extend(runner.plugin.summary_lines())
@@ -248,8 +288,8 @@ class Engine:
         """Open, walk every root, analyse what is missing, close: ``analyzer run``."""
         await self.open(paths)
         try:
-            if await self.scan():
-                await self.drain()
+            await self.scan()
+            await self.drain()  # after a stop during the walk too: in-flight work gets its grace period
         finally:
             await self.close()
         return self.stats
@@ -365,7 +405,10 @@ class Engine:
         elif prepared.state == "unreadable":
             stats.unreadable += 1
             if prepared.failure is not None:
-                await self._record_unreadable(cand, prepared.failure)
+                if cand.key in self.claims:  # work for it is in flight: its writes come first, then a look again
+                    self._rechecks.add(cand.key)
+                else:
+                    await self._record_unreadable(cand, prepared.failure)
         elif prepared.image_hash is not None:
             key = cand.key
             if key in self.claims:  # already in the pipeline (an event and the walk, or two events)
@@ -373,12 +416,12 @@ class Engine:
                 return
             self.claims[key] = 1  # the planning itself holds the image until its jobs are submitted
             try:
-                await self._plan(cand, prepared.rows, prepared.image_hash)
+                await self._plan(cand, prepared.rows, prepared.image_hash, prepared.seen)
             finally:
                 self._job_finished(key)
 
     # -- planning ----------------------------------------------------------------------
-    async def _plan(self, cand: Candidate, rows: dict[str, Any], image_hash: str) -> None:
+    async def _plan(self, cand: Candidate, rows: dict[str, Any], image_hash: str, seen: dict[str, Stat | None]) -> None:
         assessed = self.planner.assess(rows)
         for name, items in assessed.blocked.items():
             self.stats.plugin(name).blocked += len(items)
@@ -401,17 +444,23 @@ class Engine:
             self.claims[cand.key] += 1
             waits = assessed.waits_for.get(name)
             if waits:
-                self._waiting.setdefault(cand.key, []).append(_Waiting(cand, name, todo, image, set(waits)))
+                held = _Waiting(cand, name, todo, image, set(waits), seen.get(name))
+                self._waiting.setdefault(cand.key, []).append(held)
             else:
-                await self._submit(cand, name, todo, image)
+                await self._submit(cand, name, todo, image, seen.get(name))
 
-    async def _submit(self, cand: Candidate, name: str, items: list[Item], image: ImageRef) -> None:
+    async def _submit(
+        self, cand: Candidate, name: str, items: list[Item], image: ImageRef, seen: Stat | None = None
+    ) -> None:
         """Hand a job to its plugin's runner, with the results it reads (blocked if one is missing)."""
         reads = self.planner.plans[name].reads
         contexts: dict[str, dict[str, Any]] = {}
         if any(mode in reads for mode, _ in items):
             selectors = list(dict.fromkeys(s for mode, _ in items for s in reads.get(mode, ())))
-            values, failed = await self.in_thread(cand.store.values, cand.rel, image.hash, selectors, self.preferred)
+            readable = [s for s in selectors if s.plugin in self.planner.readable]
+            values, failed = await self.in_thread(cand.store.values, cand.rel, image.hash, readable, self.preferred)
+            for sel in selectors:  # a plugin that could not be loaded: nothing of it is read (as the planner sees it)
+                values.setdefault(sel.text, MISSING)
             runnable: list[Item] = []
             for item in items:
                 wanted = reads.get(item[0], ())
@@ -424,19 +473,16 @@ class Engine:
                 runnable.append(item)
                 if wanted:
                     used = {s.text: values[s.text] for s in wanted}
-                    contexts[item[0]] = {"digest": self._context_digest(used), "reads": list(used)}
+                    contexts[item[0]] = {"digest": context_digest(used), "reads": list(used)}
             items = runnable
             image = ImageRef(
                 image.path, image.rel_path, image.hash, image.size, image.mtime_ns, values, image.max_pixels
             )
         if not items:
+            self._release_waiting(cand.key, name)  # nothing of it will be written: what reads it is dropped too
             self._job_finished(cand.key)
             return
-        await self._runner(name).submit(Job(cand, name, items, image, contexts))
-
-    @staticmethod
-    def _context_digest(values: dict[str, Any]) -> str:
-        return combine({text: value_digest(value) for text, value in values.items()})
+        await self._runner(name).submit(Job(cand, name, items, image, contexts, seen))
 
     async def _provider_written(self, key: Key, plugin: str) -> None:
         """``plugin``'s results for the image are written: submit the jobs that were waiting for them."""
@@ -455,9 +501,16 @@ class Engine:
         for held in ready:
             if self.stopping.is_set():
                 self.stats.plugin(held.plugin).planned -= len(held.items)
+                self._release_waiting(key, held.plugin)
                 self._job_finished(key)
-            else:
-                await self._submit(held.cand, held.plugin, held.items, held.image)
+            else:  # in a task of its own: a full reader queue must not hold up the provider's writes
+                task = asyncio.create_task(self._submit(held.cand, held.plugin, held.items, held.image, held.seen))
+                self._handoffs.add(task)
+                task.add_done_callback(self._handoffs.discard)
+
+    def _runners_in_order(self) -> list[PluginRunner]:
+        """Providers' runners before their readers' (a provider's last writes may hand readers work)."""
+        return [self.runners[name] for name in self.planner.order if name in self.runners]
 
     def _runner(self, name: str) -> PluginRunner:
         runner = self.runners.get(name)
@@ -465,8 +518,74 @@ class Engine:
             runner = self.runners[name] = PluginRunner(self, self.by_name[name])
         return runner
 
+    # -- claims between processes ------------------------------------------------------
+    async def claim(self, batch: list[Job]) -> list[Job]:
+        """Claim the batch's items; items another live process claimed are left to it (RunnerHost)."""
+        granted = await self.in_thread(self._claim_sync, batch)
+        kept: list[Job] = []
+        for job, items in zip(batch, granted, strict=True):
+            others = [item for item in job.items if item not in items]
+            if others:
+                key = job.cand.key
+                self._elsewhere[key] = (job.cand.store, job.cand.rel_dir, job.cand.name)
+                self.stats.plugin(job.plugin).planned -= len(others)
+                self.stats.elsewhere += len(others)
+                log.info("%r: %s %s is being analysed by another process", job.cand.rel, job.plugin, _shown(others))
+            if items:
+                job.items = items
+                kept.append(job)
+            else:
+                self._release_waiting(job.cand.key, job.plugin)
+                self._job_finished(job.cand.key)
+        return kept
+
+    def _claim_sync(self, batch: list[Job]) -> list[list[Item]]:
+        by_store: dict[int, tuple[Store, list[Claim]]] = {}
+        for job in batch:
+            store = job.cand.store
+            claims = by_store.setdefault(id(store), (store, []))[1]
+            claims.extend(_claims(job))
+        granted: dict[int, set[Claim]] = {}
+        for key, (store, claims) in by_store.items():
+            gone = functools.partial(hosts.owner_gone, host=store.host)
+            granted[key] = store.index.claim(claims, store.owner, CLAIM_LEASE, gone)
+        out: list[list[Item]] = []
+        for job in batch:
+            mine = [
+                item
+                for item, claim in zip(job.items, _claims(job), strict=True)
+                if claim in granted[id(job.cand.store)]
+            ]
+            if mine and self._sidecar_now(job) != job.seen:  # another process wrote it since it was planned
+                job.cand.store.index.release(_claims(job), job.cand.store.owner)
+                mine = []
+            out.append(mine)
+        return out
+
+    @staticmethod
+    def _sidecar_now(job: Job) -> Stat | None:
+        try:
+            st = os.stat(job.cand.store.layout.sidecar_file(job.cand.rel, job.plugin))
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _release_claims(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            job.cand.store.index.release(_claims(job), job.cand.store.owner)
+
+    async def _renew_claims(self) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_LEASE / 5)
+            for store in self.stores:
+                try:
+                    await self.in_thread(store.index.renew, store.owner, CLAIM_LEASE)
+                except Exception:
+                    log.exception("could not renew this process's claims")
+
     # -- what runners report (RunnerHost) ----------------------------------------------
     def job_dropped(self, job: Job, *, failed: bool) -> None:
+        self._release_claims([job])
         if failed:
             for _ in job.items:
                 self.stats.item_done(job.plugin, ok=False)
@@ -476,14 +595,19 @@ class Engine:
         self._job_finished(job.cand.key)
 
     def _release_waiting(self, key: Key, plugin: str) -> None:
-        """The provider's job will not be written: jobs waiting for it are dropped (found again later)."""
+        """The provider's job will not be written: jobs waiting for it are dropped (found again later),
+        and so are the jobs waiting for those."""
+        dropped = []
         for held in list(self._waiting.get(key, ())):
             if plugin in held.waits_for:
                 self._waiting[key].remove(held)
                 self.stats.plugin(held.plugin).planned -= len(held.items)
-                self._job_finished(key)
+                dropped.append(held.plugin)
         if key in self._waiting and not self._waiting[key]:
             del self._waiting[key]
+        for name in dropped:
+            self._release_waiting(key, name)
+            self._job_finished(key)
 
     def plugin_unavailable(self, name: str, error: str | None) -> None:
         unavailable = self.stats.unavailable_plugins
@@ -513,7 +637,13 @@ class Engine:
     # -- writing -----------------------------------------------------------------------
     async def write_batch(self, items: list[tuple[Job, Outcomes]], *, count: bool = True) -> None:
         """Merge each job's outcomes into its sidecar (atomically, in one thread hop) and count them."""
-        reports = await asyncio.shield(self.in_thread(self._write_many, items))
+        try:
+            reports = await asyncio.shield(self.in_thread(self._write_many, items))
+        except Exception:  # a bug: its images are released (and retried by a later run), never left hanging
+            log.exception("writing a batch of %d failed", len(items))
+            for job, _ in items:
+                self.job_dropped(job, failed=True)
+            return
         for report in reports:
             key = report.job.cand.key
             try:
@@ -528,18 +658,33 @@ class Engine:
     def _write_many(self, items: list[tuple[Job, Outcomes]]) -> list[_WriteReport]:
         """Stage every job's sidecar, sync them together, put them in place, index them (blocking)."""
         reports: list[_WriteReport] = []
-        staged: list[tuple[_WriteReport, StagedSidecar]] = []
         now = now_iso()  # one time for the batch: the results were made together
-        for job, outcomes in items:
+        for start in range(0, len(items), PUBLISH_GROUP):  # a bounded number of open files at a time
+            group = items[start : start + PUBLISH_GROUP]
+            with locked((job.cand.store, job.cand.rel, job.plugin) for job, _ in group):
+                reports.extend(self._write_group(group, now))
+        self._release_claims(job for job, _ in items)  # written (or failed for good): others may look
+        return reports
+
+    def _write_group(self, group: list[tuple[Job, Outcomes]], now: str) -> list[_WriteReport]:
+        """Read, merge, stage, sync, rename and index a group of sidecars (their locks held; blocking)."""
+        reports: list[_WriteReport] = []
+        staged: list[tuple[_WriteReport, StagedSidecar]] = []
+        for job, outcomes in group:
             report, sidecar = self._stage_one(job, outcomes, now)
             reports.append(report)
             if sidecar is not None:
                 staged.append((report, sidecar))
-        for (report, sidecar), found in zip(staged, publish([s.staged for _, s in staged]), strict=True):
-            if isinstance(found, OSError):
-                report.write_error = str(found.strerror or found)
-            else:
-                sidecar.store.written(sidecar, found)
+        if staged:
+            for (report, sidecar), found in zip(staged, publish([s.staged for _, s in staged]), strict=True):
+                if isinstance(found, OSError):
+                    report.write_error = str(found.strerror or found)
+                    continue
+                try:
+                    sidecar.store.written(sidecar, found)
+                except Exception as exc:  # written, but not indexed: the next run reads it again
+                    log.exception("%r: indexing its sidecar failed", report.job.cand.rel)
+                    report.write_error = f"indexing failed: {exc}"
         return reports
 
     def _stage_one(self, job: Job, outcomes: Outcomes, now: str) -> tuple[_WriteReport, StagedSidecar | None]:
@@ -573,6 +718,10 @@ class Engine:
             )
         except OSError as exc:
             report.write_error = str(exc.strerror or exc)
+            return report, None
+        except Exception as exc:  # a plugin's wildcard_entries, say: this image's results are not written
+            log.exception("%r: preparing its %s sidecar failed", job.cand.rel, job.plugin)
+            report.write_error = f"{type(exc).__name__}: {exc}"
             return report, None
         report.corrupt = sidecar.corrupt
         return report, sidecar
@@ -643,7 +792,10 @@ class Engine:
             for name, plan in self.planner.plans.items()
             if plan.items
         ]
-        await self.write_batch(items, count=False)
+        if items:
+            self.claims[cand.key] = len(items)  # held while its error entries are written
+            self._idle.clear()
+            await self.write_batch(items, count=False)
 
     # -- wildcards ---------------------------------------------------------------------
     def commit(self) -> None:
@@ -658,6 +810,10 @@ class Engine:
         if not plugins or (not force and not self.changes and folder.is_dir()):
             return
         self.wildcard_files = refresh_wildcards(self.stores, plugins, folder, self.stats)
+
+
+def _claims(job: Job) -> list[Claim]:
+    return [(job.cand.rel_dir, job.cand.name, job.plugin, item_key(*item)) for item in job.items]
 
 
 def _shown(items: list[Item], plugin: AnalyzerPlugin | None = None) -> str:
@@ -676,8 +832,8 @@ def _sidecar_entries(
     multi = {mode for (mode, _) in outcomes if len(plugin.model_ids(mode)) > 1}
     for (mode, model), (outcome, seconds) in outcomes.items():
         if isinstance(outcome, Result):
-            try:
-                check_json(outcome.value)
+            try:  # stored and digested as it will read back: JSON (int keys become strings, say)
+                outcome.value = as_json(outcome.value)
             except TypeError as exc:
                 outcome = Failure(ErrorType.INVALID_RESULT, f"plugin returned a result that is not JSON: {exc}")
         if isinstance(outcome, Result):

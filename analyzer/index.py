@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +39,14 @@ CREATE TABLE IF NOT EXISTS sidecars(
     sc_size INTEGER, sc_mtime_ns INTEGER, hash TEXT,
     done TEXT, retry TEXT, failed TEXT, wild TEXT, ctx TEXT, sel TEXT,
     PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims(
+    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, item TEXT NOT NULL,
+    owner TEXT NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY(dir, name, plugin, item)) WITHOUT ROWID;
 """
+
+Claim = tuple[str, str, str, str]
+"""(folder, image name, plugin, ``"mode\tmodel"``): one item of work, as claimed."""
 
 
 @dataclass(slots=True)
@@ -283,6 +290,43 @@ class Index:
                 len(pending),
                 exc,
             )
+
+    # -- claims: who analyses what, between the processes of this host ----------------------
+    def claim(self, wanted: Sequence[Claim], owner: str, lease: float, gone: Callable[[str], bool]) -> set[Claim]:
+        """Claim items for ``owner`` for ``lease`` seconds; returns those it got.
+
+        An item claimed by another owner is refused while that claim is unexpired and its owner
+        not ``gone``; otherwise it is taken over. One short transaction, whatever the others do.
+        """
+        now = time.time()
+        granted: set[Claim] = set()
+        with self._lock:
+            self._flush_locked()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in wanted:
+                    row = db.execute(
+                        "SELECT owner, expires FROM claims WHERE dir=? AND name=? AND plugin=? AND item=?", key
+                    ).fetchone()
+                    if row is not None and row[0] != owner and row[1] > now and not gone(row[0]):
+                        continue
+                    db.execute("INSERT OR REPLACE INTO claims VALUES(?,?,?,?,?,?)", (*key, owner, now + lease))
+                    granted.add(key)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return granted
+
+    def release(self, done: Iterable[Claim], owner: str) -> None:
+        """Give up ``owner``'s claims on these items (their results are written, or will not be)."""
+        for key in done:
+            self._write("DELETE FROM claims WHERE dir=? AND name=? AND plugin=? AND item=? AND owner=?", (*key, owner))
+
+    def renew(self, owner: str, lease: float) -> None:
+        """Extend every claim of ``owner`` by ``lease`` seconds from now (a long analysis is not taken over)."""
+        self._write("UPDATE claims SET expires=? WHERE owner=?", (time.time() + lease, owner))
 
     def commit(self) -> None:
         """Write what is pending now."""

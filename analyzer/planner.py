@@ -19,13 +19,12 @@ for with ``--force``. An item that reads a result planned in the same run waits 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .selector import MISSING, Selector, value_digest
+from .selector import MISSING, Selector, combine_digests, value_digest
 
 if TYPE_CHECKING:
     from .index import SidecarRow
@@ -41,12 +40,6 @@ Rows = Mapping[str, "SidecarRow | None"]
 
 def item_key(mode: str, model: str) -> str:
     return f"{mode}\t{model}"
-
-
-def combine(digests: Mapping[str, str]) -> str:
-    """The context digest of a result: one digest over (selector, value digest), whatever the order."""
-    text = "\n".join(f"{name}={digest}" for name, digest in sorted(digests.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -191,7 +184,7 @@ class Planner:
         for sel in selectors:
             row = rows.get(sel.plugin)
             digests[sel.text] = (row.sel or {}).get(sel.text, MISSING_DIGEST) if row is not None else MISSING_DIGEST
-        return combine(digests)
+        return combine_digests(digests)
 
     def state(self, plan: PluginPlan, item: Item, rows: Rows) -> State:
         row = rows.get(plan.name)

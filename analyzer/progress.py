@@ -84,6 +84,8 @@ class RunStats:
     unreadable: int = 0
     corrupt_sidecars: int = 0
     write_errors: int = 0
+    elsewhere: int = 0
+    """Items another process of this host had claimed when this one came to them (it made them)."""
     unavailable_plugins: list[str] = field(default_factory=list)
     plugins: dict[str, PluginStats] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -237,6 +239,8 @@ def summary_lines(stats: RunStats) -> list[str]:
         lines.append(f"  {name}: {p.done} done, {p.failed} failed of {p.planned} planned{held}")
     if s.corrupt_sidecars:
         lines.append(f"  {s.corrupt_sidecars} corrupt sidecars moved aside (*.corrupt-<time>) and redone")
+    if s.elsewhere:
+        lines.append(f"  {s.elsewhere} items were claimed by another process; each is made once, by it or after it")
     if s.write_errors:
         lines.append(f"  {s.write_errors} sidecars could not be written (see errors above)")
     for item in s.unavailable_plugins:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .discovery import Stat
 from .errors import ErrorType
 from .planner import Item
 from .plugin import AnalyzerPlugin, Failure, ImageRef, Outcome
@@ -36,6 +37,8 @@ class Job:
     image: ImageRef
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
     """mode -> ``{"digest", "reads"}``: the context its results are made from (recorded with them)."""
+    seen: Stat | None = None
+    """The sidecar's (size, mtime_ns) when the job was planned (None: there was none)."""
 
 
 class RunnerHost(Protocol):
@@ -48,6 +51,9 @@ class RunnerHost(Protocol):
 
     async def write_batch(self, items: list[tuple[Job, Outcomes]]) -> None:
         """Write the outcomes of a batch of jobs."""
+
+    async def claim(self, batch: list[Job]) -> list[Job]:
+        """The jobs with only the items no other process is analysing (claimed for this one)."""
 
     def job_dropped(self, job: Job, *, failed: bool) -> None:
         """A job that will not run: stopping or set aside (``failed`` False), or its plugin cannot start."""
@@ -182,6 +188,9 @@ class PluginRunner:
 
     async def _run_batch(self, batch: list[Job]) -> None:
         plugin = self.plugin
+        batch = await self.host.claim(batch)
+        if not batch:
+            return
         outcomes: list[Outcomes] = [{} for _ in batch]
         wanted = {item for job in batch for item in job.items}
         # every item asked of the batch, mode by mode in the plugin's order, so work shared between

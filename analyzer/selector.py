@@ -49,6 +49,7 @@ __all__ = [
     "Resolved",
     "Selector",
     "SelectorError",
+    "combine_digests",
     "context_digest",
     "render_template",
     "template_selectors",
@@ -224,7 +225,12 @@ def value_digest(value: Any) -> str:
 
 def context_digest(values: Mapping[str, Any]) -> str:
     """16 hex digits identifying selector texts with their values, independent of order."""
-    return _sha(_canonical(sorted([str(text), value_digest(value)] for text, value in values.items())))
+    return combine_digests({str(text): value_digest(value) for text, value in values.items()})
+
+
+def combine_digests(digests: Mapping[str, str]) -> str:
+    """:func:`context_digest` from the values' digests (what the index keeps) instead of the values."""
+    return _sha(_canonical(sorted([text, digest] for text, digest in digests.items())))
 
 
 def template_selectors(text: str) -> list[Selector]:

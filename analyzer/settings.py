@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     """Where wildcard files go; default ``<sidecar_dir>/wildcards``, else ``<first root>/wildcards``."""
     state_dir: Path | None = None
     """Where the index lives; default ``<root or its mirror>/.analyzer``."""
+    host_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """This machine's name in shared folders (its index, claims and temporary files); default: from
+    ``/etc/machine-id``, else the host name. Give each machine sharing folders over NFS/SMB its own."""
     plugins: Annotated[list[str] | None, NoDecode] = None
     """Plugins to run; default: every installed plugin whose dependencies are present."""
     hash_workers: int = Field(default=4, ge=1, le=64)

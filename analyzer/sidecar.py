@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from . import hosts
 from .errors import CorruptSidecar as CorruptSidecar  # re-exported: it was defined here
 
 SCHEMA_VERSION = 1
@@ -96,11 +97,23 @@ def _validate(doc: Any, path: str | Path) -> dict[str, Any]:
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     """The sidecar at ``path``, ``None`` if there is none. Raises CorruptSidecar."""
+    found = read_sidecar_with_stat(path)
+    return found[0] if found is not None else None
+
+
+def read_sidecar_with_stat(path: str | Path) -> tuple[dict[str, Any], tuple[int, int]] | None:
+    """The sidecar at ``path`` and the (size, mtime_ns) of the file read (one open: a file replaced
+    meanwhile cannot pair one file's content with another's stat). Raises CorruptSidecar."""
     try:
         with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
             raw = handle.read()
     except FileNotFoundError:
         return None
+    return _parse(raw, path), (st.st_size, st.st_mtime_ns)
+
+
+def _parse(raw: bytes, path: str | Path) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:  # also a ValueError for invalid UTF-8
@@ -124,13 +137,13 @@ def atomic_write_text(path: Path, text: str) -> tuple[int, int]:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> tuple[int, int]:
+def atomic_write_bytes(path: Path, data: bytes, owner: str | None = None) -> tuple[int, int]:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename.
 
-    Returns the written file's (size, mtime_ns). The temporary file is hidden (``.<name>.<pid>.<n>.tmp``)
+    Returns the written file's (size, mtime_ns). The temporary file is hidden (see :func:`stage`)
     and removed again if anything fails, so ``path`` holds the old content or the new, never a mix.
     """
-    (found,) = publish([stage(path, data)])
+    (found,) = publish([stage(path, data, owner)])
     if isinstance(found, OSError):
         raise found
     return found
@@ -145,10 +158,15 @@ class Staged:
     fd: int
 
 
-def stage(path: str | Path, data: bytes) -> Staged:
-    """Write ``data`` to a new hidden temporary file beside ``path`` (blocking). Raises OSError."""
+def stage(path: str | Path, data: bytes, owner: str | None = None) -> Staged:
+    """Write ``data`` to a new hidden temporary file beside ``path`` (blocking). Raises OSError.
+
+    Its name, ``.<name>~<host>~<pid>~<n>.tmp``, says who wrote it (``owner``, by default this
+    process on this host), so a crashed writer's leftovers can be told from a live one's.
+    """
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name[:64]}.{os.getpid()}.{next(_counter)}.tmp")
+    who = owner or hosts.owner(hosts.default_host_id())
+    tmp = os.path.join(folder, f".{name[:64]}~{who}~{next(_counter)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(tmp, flags, 0o644)
@@ -273,9 +291,9 @@ def merge_outcomes(
 _OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 
-def check_json(value: Any) -> None:
-    """Raise TypeError (``orjson.JSONEncodeError``) unless ``value`` can be stored as a result as it is."""
-    orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from a sidecar; TypeError (``orjson.JSONEncodeError``) if it is not JSON."""
+    return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
 
 
 def dumps(doc: dict[str, Any]) -> bytes:

@@ -13,16 +13,21 @@ stable while the image stays where it is, whatever the host or mount point.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import threading
+import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import hosts
 from .errors import ConfigError, CorruptSidecar
 from .index import Index, SidecarRow
 from .planner import Planner, item_key
@@ -37,9 +42,8 @@ from .sidecar import (
     file_info,
     merge_outcomes,
     new_doc,
-    publish,
     quarantine,
-    read_sidecar,
+    read_sidecar_with_stat,
     stage,
 )
 from .wildcards import clean_entry
@@ -148,6 +152,82 @@ def skip_dirs(settings: Settings, stores: Sequence[Store]) -> list[Path]:
     return skip
 
 
+LOCK_STRIPES = 64
+
+
+class SidecarLocks:
+    """Advisory locks that make one sidecar's read-merge-write exclusive between the threads and
+    processes of a host (and between hosts where the share supports ``flock``).
+
+    Sidecars map onto ``LOCK_STRIPES`` lock files in the root's state folder; a batch takes the
+    ones it needs in one order, so two writers never wait for each other in a circle.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._threads = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._fds: dict[int, int | None] = {}
+        self._open_lock = threading.Lock()
+        self._warned = False
+
+    @staticmethod
+    def stripe(rel: str, plugin: str) -> int:
+        return zlib.crc32(f"{rel}\0{plugin}".encode()) % LOCK_STRIPES
+
+    def _fd(self, stripe: int) -> int | None:
+        with self._open_lock:
+            if stripe not in self._fds:
+                try:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    self._fds[stripe] = os.open(self.folder / f"{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as exc:  # a read-only share: only this process's threads are kept apart
+                    if not self._warned:
+                        self._warned = True
+                        log.warning(
+                            "cannot lock sidecars in %s (%s): other processes are not kept out", self.folder, exc
+                        )
+                    self._fds[stripe] = None
+            return self._fds[stripe]
+
+    def acquire(self, stripe: int) -> None:
+        self._threads[stripe].acquire()
+        fd = self._fd(stripe)
+        if fd is not None:
+            with contextlib.suppress(OSError):  # a file system without locks: as if the lock were taken
+                fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def release(self, stripe: int) -> None:
+        fd = self._fds.get(stripe)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        self._threads[stripe].release()
+
+    def close(self) -> None:
+        with self._open_lock:
+            for fd in self._fds.values():
+                if fd is not None:
+                    os.close(fd)
+            self._fds.clear()
+
+
+@contextlib.contextmanager
+def locked(sidecars: Iterable[tuple[Store, str, str]]) -> Iterator[None]:
+    """Hold the locks of these (store, image rel, plugin) sidecars, taken in one global order (blocking)."""
+    wanted = sorted(
+        {(store.id, id(store), SidecarLocks.stripe(rel, plugin)): store for store, rel, plugin in sidecars}.items()
+    )
+    taken: list[tuple[Store, int]] = []
+    try:
+        for (_, _, stripe), store in wanted:
+            store.locks.acquire(stripe)
+            taken.append((store, stripe))
+        yield
+    finally:
+        for store, stripe in reversed(taken):
+            store.locks.release(stripe)
+
+
 def _root_id(state: Path, root: Path) -> str:
     """The root's id from its state folder, made there (once, by whichever process is first) if absent."""
     path = state / ROOT_ID_FILE
@@ -186,12 +266,19 @@ class StagedSidecar:
 class Store:
     """One root: its sidecars, index and id."""
 
-    def __init__(self, root: Path, layout: Layout, index: Index, state_dir: Path, root_id: str) -> None:
+    def __init__(
+        self, root: Path, layout: Layout, index: Index, state_dir: Path, root_id: str, host: str | None = None
+    ) -> None:
         self.root = root
         self.layout = layout
         self.index = index
         self.state_dir = state_dir
+        """The root's shared state folder: its id, the sidecar locks, and ``hosts/<host id>/`` per machine."""
         self.id = root_id
+        self.host = hosts.host_id(host)
+        self.owner = hosts.owner(self.host)
+        """This process, as its temporary files and claims name it."""
+        self.locks = SidecarLocks(state_dir / "locks")
 
     @classmethod
     def open(cls, root: Path, settings: Settings) -> Store:
@@ -202,8 +289,10 @@ class Store:
             state = settings.state_dir.resolve() / f"{root.name}-{key}"
         else:
             state = (base or root) / ".analyzer"
-        index = Index.open_for(state, key)
-        return cls(root, Layout(root, base), index, state, _root_id(state, root))
+        host = hosts.host_id(settings.host_id)
+        # SQLite must not be shared between machines: one index (and its claims) per host
+        index = Index.open_for(state / "hosts" / host, f"{key}-{host}")
+        return cls(root, Layout(root, base), index, state, _root_id(state, root), host)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, id={self.id!r})"
@@ -223,15 +312,26 @@ class Store:
     # -- reading -----------------------------------------------------------------------
     def read(self, rel: str, plugin: str) -> dict[str, Any] | None:
         """The image's sidecar of ``plugin`` (None if there is none). Raises CorruptSidecar, OSError."""
-        return read_sidecar(self.layout.sidecar_file(rel, plugin))
+        found = self.read_with_stat(rel, plugin)
+        return found[0] if found is not None else None
+
+    def read_with_stat(self, rel: str, plugin: str) -> tuple[dict[str, Any], Stat] | None:
+        """The sidecar and the (size, mtime_ns) of the very file read. Every sidecar read comes here."""
+        return read_sidecar_with_stat(self.layout.sidecar_file(rel, plugin))
 
     def read_or_set_aside(self, rel: str, plugin: str, *, set_aside: bool) -> tuple[dict[str, Any] | None, bool]:
         """The sidecar (None if there is none) and whether it was corrupt. Raises OSError.
 
         A corrupt sidecar is reported and, with ``set_aside``, moved aside so it is redone.
         """
+        found, corrupt = self._read_or_set_aside(rel, plugin, set_aside)
+        return (found[0] if found is not None else None), corrupt
+
+    def _read_or_set_aside(
+        self, rel: str, plugin: str, set_aside: bool
+    ) -> tuple[tuple[dict[str, Any], Stat] | None, bool]:
         try:
-            return self.read(rel, plugin), False
+            return self.read_with_stat(rel, plugin), False
         except CorruptSidecar as exc:
             path = self.sidecar_path(rel, plugin)
             if set_aside:
@@ -248,16 +348,16 @@ class Store:
         rel = f"{rel_dir}/{name}" if rel_dir else name
         pname = digester.plugin.name
         try:
-            doc, corrupt = self.read_or_set_aside(rel, pname, set_aside=set_aside)
-            if doc is None:
+            found, corrupt = self._read_or_set_aside(rel, pname, set_aside)
+            if found is None:
                 if corrupt:
                     self.index.delete_sidecar(rel_dir, name, pname)
                 return None, None, corrupt
-            st = os.stat(self.sidecar_path(rel, pname))
         except OSError as exc:
             log.error("cannot read sidecar %s: %s", self.sidecar_path(rel, pname), exc.strerror or exc)
             return None, None, False
-        row = digester.row(doc, (st.st_size, st.st_mtime_ns))
+        doc, stat = found
+        row = digester.row(doc, stat)
         self.index.put_sidecar(rel_dir, name, pname, row.stat, row)
         return row, doc.get("file_info"), False
 
@@ -337,7 +437,7 @@ class Store:
                 rel=rel, hash_=image_hash or None, size=stat[0], mtime_ns=stat[1], created_ns=created_ns, now=now
             )
         merge_outcomes(doc, info=info, plugin_version=plugin.version, results=results, errors=errors)
-        staged = stage(self.layout.sidecar_file(rel, plugin.name), dumps(doc))
+        staged = stage(self.layout.sidecar_file(rel, plugin.name), dumps(doc), self.owner)
         return StagedSidecar(self, rel, digester, doc, staged, corrupt)
 
     def written(self, sidecar: StagedSidecar, stat: Stat) -> None:
@@ -345,27 +445,6 @@ class Store:
         row = sidecar.digester.row(sidecar.doc, stat)
         rel_dir, _, name = sidecar.rel.rpartition("/")
         self.index.put_sidecar(rel_dir, name, sidecar.digester.plugin.name, row.stat, row)
-
-    def write(
-        self,
-        rel: str,
-        digester: Digester,
-        *,
-        image_hash: str | None,
-        stat: Stat,
-        created_ns: int | None,
-        results: Entries,
-        errors: Entries,
-    ) -> bool:
-        """:meth:`stage`, publish and index one sidecar; whether a corrupt one was set aside first."""
-        staged = self.stage(
-            rel, digester, image_hash=image_hash, stat=stat, created_ns=created_ns, results=results, errors=errors
-        )
-        (found,) = publish([staged.staged])
-        if isinstance(found, OSError):
-            raise found
-        self.written(staged, found)
-        return staged.corrupt
 
     def place(self, docs: Mapping[str, dict[str, Any]], rel: str, old: tuple[Store, str] | None = None) -> None:
         """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place.
@@ -375,9 +454,27 @@ class Store:
         for pname, doc in docs.items():
             info = doc.setdefault("file_info", {})
             info["path"], info["file_name"] = rel, rel.rsplit("/", 1)[-1]
-            atomic_write_bytes(self.sidecar_path(rel, pname), dumps(doc))
+            with locked([(self, rel, pname)]):
+                atomic_write_bytes(self.sidecar_path(rel, pname), dumps(doc), self.owner)
             if old is not None and (old[0] is not self or old[1] != rel):
                 old[0].sidecar_path(old[1], pname).unlink(missing_ok=True)
+
+    def remove_abandoned(self, folder: str | Path, names: Iterable[str]) -> int:
+        """Remove the temporary files among ``names`` in ``folder`` whose writers are gone (a crash,
+        a power cut), never a live writer's, of this host or another; returns how many (blocking)."""
+        removed = 0
+        now = time.time()
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if hosts.abandoned_temp(name, os.stat(path).st_mtime_ns, self.host, now):
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+        if removed:
+            log.info("removed %d temporary files left by writers that are gone, in %s", removed, folder)
+        return removed
 
     def delete_sidecars(self, rel: str, plugins: Iterable[str]) -> None:
         for pname in plugins:
@@ -406,3 +503,4 @@ class Store:
 
     def close(self) -> None:
         self.index.close()
+        self.locks.close()

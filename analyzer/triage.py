@@ -74,6 +74,9 @@ class Prepared:
 
     cand: Candidate
     rows: dict[str, SidecarRow | None] = field(default_factory=dict)
+    seen: dict[str, Stat | None] = field(default_factory=dict)
+    """Per plugin, the (size, mtime_ns) of its sidecar as read here (None: there was none): a writer
+    that finds the file otherwise knows another process wrote it meanwhile."""
     image_hash: str | None = None
     state: Literal["ok", "unhashed", "vanished", "busy", "unreadable"] = "ok"
     failure: Failure | None = None
@@ -167,17 +170,26 @@ class Triage:
         self._listing(store, listing, emit, partial=True)
 
     def _sidecar_stats(self, store: Store, listing: Listing) -> dict[str, Stat]:
+        """The folder's sidecars' stats; temporary files of writers that are gone are removed on the way."""
         if store.layout.beside:
+            if listing.temps:
+                store.remove_abandoned(listing.path, listing.temps)
             return listing.json_files
         stats: dict[str, Stat] = {}
+        temps: list[str] = []
+        folder = store.layout.sidecar_dir(listing.rel_dir)
         try:
-            with os.scandir(store.layout.sidecar_dir(listing.rel_dir)) as it:
+            with os.scandir(folder) as it:
                 for entry in it:
                     if entry.name.endswith(".json"):
                         st = entry.stat()
                         stats[entry.name] = (st.st_size, st.st_mtime_ns)
+                    elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        temps.append(entry.name)
         except OSError:
             pass
+        if temps:
+            store.remove_abandoned(folder, temps)
         return stats
 
     def _listing(
@@ -285,6 +297,8 @@ class Triage:
                     infos.append(info)
             else:
                 prepared.rows[pname] = known
+            row = prepared.rows[pname]
+            prepared.seen[pname] = row.stat if row is not None else None
         image_hash = cand.known_hash or next(
             (i["hash"] for i in infos if i.get("hash") and (i.get("size"), i.get("mtime_ns")) == cand.stat), None
         )

@@ -559,8 +559,8 @@ class Watcher:
 
     def _adopt_all(self, item: Ready) -> None:
         """Ready images take over the results of deleted ones with the same content (those that merely moved)."""
-        for name in item.names:
-            self._adopt(item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
+        for name in item.names:  # one failing (a full disk, say) never holds up the others
+            self._guard(self._adopt, item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
 
     def _expire_orphans(self, max_age: float = ORPHAN_SECONDS) -> None:
         limit = time.monotonic() - max_age
@@ -622,6 +622,7 @@ async def watch(engine: Engine, paths: Sequence[Path] = ()) -> RunStats:
             if not engine.stopping.is_set():
                 log.info("first walk done; following changes")
                 await follow(engine, watcher)
+            await engine.drain()  # in-flight work gets its grace period
         finally:
             await watcher.close()
             stats = await engine.close()
@@ -651,8 +652,7 @@ async def follow(engine: Engine, watcher: Watcher) -> None:
                 if first is not None and (now - last_change >= debounce or now - first >= 10 * debounce):
                     first, last_commit = None, now
                     await engine.in_thread(engine.write_wildcards, True)
-                    await engine.in_thread(engine.commit)
-                    seen = engine.changes
+                    await engine.in_thread(engine.commit)  # changes made meanwhile differ from `seen`: written later
                 elif now - last_commit >= 30:
                     last_commit = now
                     await engine.in_thread(engine.commit)
@@ -676,4 +676,4 @@ async def _feed(engine: Engine, watcher: Watcher) -> None:
                 )
                 await asyncio.sleep(1.0)
         else:
-            await engine.scan()
+            await engine.scan(defer=watcher.defer)

@@ -237,3 +237,19 @@ class ReaderPlugin(AnalyzerPlugin):
     async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         type(self).seen.extend(dict(i.context) for i in images)
         return [Result(f"read:{i.context['source.text']}") for i in images]
+
+
+class SecondReaderPlugin(AnalyzerPlugin):
+    """Reads ``reader.echo``: the third link of a chain source -> reader -> reader2."""
+
+    name = "reader2"
+    modes = ("twice",)
+
+    def model_ids(self, mode: str) -> tuple[str, ...]:
+        return ("r2",)
+
+    def reads(self, mode: str) -> tuple[str, ...]:
+        return ("reader.echo",)
+
+    async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
+        return [Result(f"again:{i.context['reader.echo']}") for i in images]

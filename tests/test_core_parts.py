@@ -19,7 +19,7 @@ from analyzer.store import Store
 from analyzer.watch import Ready, Watcher
 
 from conftest import a1111_png, make_image, sidecar
-from fakes import ReaderPlugin, SourcePlugin
+from fakes import ReaderPlugin, SecondReaderPlugin, SourcePlugin
 
 
 @pytest.fixture
@@ -99,6 +99,23 @@ def test_an_item_whose_input_failed_is_blocked_then_made_once_the_input_exists(c
     assert next(iter(sidecar(root / "fail.png", "reader")["analysis"]["echo"].values()))["result"] == "read:fail"
 
 
+def test_a_chain_of_readers_is_made_in_order_and_a_failure_at_its_start_blocks_the_rest(cli, tmp_path, reading):
+    analyzer.register(SecondReaderPlugin)
+    root = tmp_path / "imgs"
+    make_image(root / "fine.png")
+    make_image(root / "fail.png")
+    try:
+        outcome = cli("run", root, "--plugins", "source,reader,reader2")
+    finally:
+        analyzer.unregister("reader2")
+
+    assert outcome.code == 1  # source failed for fail.png; the run ends (no hang) and says so
+    assert (
+        next(iter(sidecar(root / "fine.png", "reader2")["analysis"]["twice"].values()))["result"] == "again:read:fine"
+    )
+    assert not (root / "fail.png.reader.json").exists() and not (root / "fail.png.reader2.json").exists()
+
+
 def test_a_result_made_without_its_input_is_stale_once_the_input_appears(cli, tmp_path, reading):
     root = tmp_path / "imgs"
     make_image(root / "cat.png")
@@ -146,10 +163,9 @@ def test_an_llm_template_reads_the_metadata_prompt_made_in_the_same_run(cli, tmp
     for name, prompt in prompts.items():  # ... and each its own: the context recorded is that image's
         (entry,) = sidecar(root / f"{name}.png", "llm")["analysis"]["sd_prompt"].values()
         assert entry["context"]["reads"] == ["metadata.prompt"]
-        from analyzer.planner import combine
-        from analyzer.selector import value_digest
+        from analyzer.selector import context_digest
 
-        assert entry["context"]["digest"] == combine({"metadata.prompt": value_digest(prompt)})
+        assert entry["context"]["digest"] == context_digest({"metadata.prompt": prompt})
 
 
 def test_a_stale_llm_result_costs_nothing_until_refresh_stale(cli, tmp_path, provider):

@@ -18,7 +18,7 @@ from conftest import a1111_png, make_image, result
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count the sidecar reads (through the store) and image hashes (through the triage's hasher)."""
     counts = {"read_sidecar": 0, "hash_file": 0}
-    real_read, real_hash = Store.read, Triage.hasher
+    real_read, real_hash = Store.read_with_stat, Triage.hasher
 
     def read(self: Store, rel: str, plugin: str):  # type: ignore[no-untyped-def]
         counts["read_sidecar"] += 1
@@ -28,7 +28,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts["hash_file"] += 1
         return real_hash(path)
 
-    monkeypatch.setattr(Store, "read", read)
+    monkeypatch.setattr(Store, "read_with_stat", read)
     monkeypatch.setattr(Triage, "hasher", staticmethod(hasher))
     return counts
 
@@ -54,7 +54,7 @@ def test_warm_run_reads_no_sidecar_and_hashes_no_image(cli, tree, counted):
 
 def test_a_lost_index_is_rebuilt_from_sidecars_without_rehashing(cli, tree, counted):
     cli("run", tree)
-    (tree / ".analyzer" / "index.sqlite").unlink()
+    next((tree / ".analyzer" / "hosts").glob("*/index.sqlite")).unlink()
     counted.update(read_sidecar=0, hash_file=0)
 
     outcome = cli("run", tree)
@@ -65,9 +65,10 @@ def test_a_lost_index_is_rebuilt_from_sidecars_without_rehashing(cli, tree, coun
 
 def test_a_corrupt_index_is_rebuilt(cli, tree):
     cli("run", tree)
-    for leftover in (tree / ".analyzer").glob("index.sqlite-*"):
+    (host,) = (tree / ".analyzer" / "hosts").iterdir()
+    for leftover in host.glob("index.sqlite-*"):
         leftover.unlink()
-    (tree / ".analyzer" / "index.sqlite").write_bytes(b"garbage" * 1000)
+    (host / "index.sqlite").write_bytes(b"garbage" * 1000)
 
     outcome = cli("run", tree)
 

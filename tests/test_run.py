@@ -214,5 +214,5 @@ def test_mirrored_sidecar_tree(cli, sd_images, tmp_path):
     assert not list(sd_images.glob("*.json"))
     doc: dict[str, Any] = json.loads((out / "images" / "fooocus1_cropped.png.metadata.json").read_text())
     assert doc["analysis"]["prompt"]["sd-parsers"]["result"] == "a smiling goldfish"
-    assert (out / "images" / ".analyzer" / "index.sqlite").exists()
+    assert list((out / "images" / ".analyzer" / "hosts").glob("*/index.sqlite"))
     assert "6 already up to date" in cli("run", sd_images, "--sidecar-dir", out).log

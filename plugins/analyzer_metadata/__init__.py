@@ -15,11 +15,16 @@ Every image is decoded completely, so truncated and corrupt files are reported h
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib.metadata import version as dist_version
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -118,7 +123,13 @@ def read_many(images: Sequence[ImageRef]) -> list[Parsed]:
 
 
 def _warm_up() -> None:
-    """In a new worker process: import what decoding needs before the first batch arrives."""
+    """In a new worker process: end with the analyzer that started it (Linux: a kill -9 of the
+    analyzer must not leave workers behind), then import what decoding needs."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # it is gone already
+            os._exit(1)
     import sd_parsers  # noqa: F401
     from PIL import Image, PngImagePlugin  # noqa: F401
 
@@ -152,7 +163,8 @@ class MetadataPlugin(AnalyzerPlugin):
         super().__init__(options)
         assert isinstance(self.options, MetadataOptions)
         self.workers = self.options.workers if self.options.workers is not None else min(4, os.cpu_count() or 1)
-        self._shared: SharedWork[str, Parsed] = SharedWork(capacity=512)
+        # every mode of a batch reads it: at least the batches in flight must fit
+        self._shared: SharedWork[str, Parsed] = SharedWork(capacity=max(512, 2 * self.batch_size * self.concurrency))
         self._versions: dict[str, str] = {}
         self._pool: ProcessPoolExecutor | None = None
 
@@ -163,14 +175,22 @@ class MetadataPlugin(AnalyzerPlugin):
     async def setup(self) -> None:
         self._versions = {"pillow": dist_version("pillow"), "sd-parsers": dist_version("sd-parsers")}
         if self.workers > 0:
-            # forkserver: workers start from a clean process, never a fork of this threaded one
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_warm_up)
+            self._pool = self._new_pool()
 
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def _restart_pool(self) -> None:
+        await self.close()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: workers start as new interpreters, never as forks of this threaded process, and are
+        # this process's own children, so they end with it (see _warm_up), even after a kill -9
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_warm_up)
 
     def model_ids(self, mode: str) -> tuple[str, ...]:
         return (self.MODEL_IDS[mode],)
@@ -180,7 +200,13 @@ class MetadataPlugin(AnalyzerPlugin):
         if todo:
             loop = asyncio.get_running_loop()
             if self._pool is not None:
-                found = await loop.run_in_executor(self._pool, read_many, todo)
+                try:
+                    found = await loop.run_in_executor(self._pool, read_many, todo)
+                except BrokenProcessPool as exc:  # a worker died (out of memory on a huge image, say)
+                    await self._restart_pool()
+                    log.warning("metadata: a worker process died (%s); started new ones", exc)
+                    failure = Failure(ErrorType.PLUGIN_ERROR, f"a worker process died: {exc}", retryable=True)
+                    return [failure] * len(images)
             else:
                 found = await asyncio.to_thread(read_many, todo)
             for image, parsed in zip(todo, found, strict=True):
