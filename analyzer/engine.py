@@ -540,26 +540,20 @@ class Engine:
         return kept
 
     def _claim_sync(self, batch: list[Job]) -> list[list[Item]]:
-        by_store: dict[int, tuple[Store, list[Claim]]] = {}
-        for job in batch:
-            store = job.cand.store
-            claims = by_store.setdefault(id(store), (store, []))[1]
-            claims.extend(_claims(job))
-        granted: dict[int, set[Claim]] = {}
-        for key, (store, claims) in by_store.items():
+        by_store: dict[int, tuple[Store, list[int]]] = {}
+        for i, job in enumerate(batch):
+            by_store.setdefault(id(job.cand.store), (job.cand.store, []))[1].append(i)
+        out: list[list[Item]] = [[] for _ in batch]
+        for store, indexes in by_store.values():
             gone = functools.partial(hosts.owner_gone, host=store.host)
-            granted[key] = store.index.claim(claims, store.owner, CLAIM_LEASE, gone)
-        out: list[list[Item]] = []
-        for job in batch:
-            mine = [
-                item
-                for item, claim in zip(job.items, _claims(job), strict=True)
-                if claim in granted[id(job.cand.store)]
-            ]
-            if mine and self._sidecar_now(job) != job.seen:  # another process wrote it since it was planned
-                job.cand.store.index.release(_claims(job), job.cand.store.owner)
-                mine = []
-            out.append(mine)
+            granted = store.index.claim([_claim(batch[i]) for i in indexes], store.owner, CLAIM_LEASE, gone)
+            for i, (_, _, _, got) in zip(indexes, granted, strict=True):
+                job = batch[i]
+                mine = [item for item in job.items if item_key(*item) in got]
+                if mine and self._sidecar_now(job) != job.seen:  # another process wrote it since it was planned
+                    store.index.release([_claim(job)], store.owner)
+                    mine = []
+                out[i] = mine
         return out
 
     @staticmethod
@@ -572,7 +566,7 @@ class Engine:
 
     def _release_claims(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            job.cand.store.index.release(_claims(job), job.cand.store.owner)
+            job.cand.store.index.release([_claim(job)], job.cand.store.owner)
 
     async def _renew_claims(self) -> None:
         while True:
@@ -812,8 +806,8 @@ class Engine:
         self.wildcard_files = refresh_wildcards(self.stores, plugins, folder, self.stats)
 
 
-def _claims(job: Job) -> list[Claim]:
-    return [(job.cand.rel_dir, job.cand.name, job.plugin, item_key(*item)) for item in job.items]
+def _claim(job: Job) -> Claim:
+    return (job.cand.rel_dir, job.cand.name, job.plugin, frozenset(item_key(*item) for item in job.items))
 
 
 def _shown(items: list[Item], plugin: AnalyzerPlugin | None = None) -> str:

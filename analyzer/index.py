@@ -26,7 +26,7 @@ from .discovery import Stat
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 INDEX_NAME = "index.sqlite"
 
 _SCHEMA = """
@@ -40,13 +40,13 @@ CREATE TABLE IF NOT EXISTS sidecars(
     done TEXT, retry TEXT, failed TEXT, wild TEXT, ctx TEXT, sel TEXT,
     PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims(
-    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, item TEXT NOT NULL,
-    owner TEXT NOT NULL, expires REAL NOT NULL,
-    PRIMARY KEY(dir, name, plugin, item)) WITHOUT ROWID;
+    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, owner TEXT NOT NULL,
+    items TEXT NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY(dir, name, plugin, owner)) WITHOUT ROWID;
 """
 
-Claim = tuple[str, str, str, str]
-"""(folder, image name, plugin, ``"mode\tmodel"``): one item of work, as claimed."""
+Claim = tuple[str, str, str, frozenset[str]]
+"""(folder, image name, plugin, its ``"mode\tmodel"`` items): one image's work for a plugin, as claimed."""
 
 
 @dataclass(slots=True)
@@ -139,6 +139,7 @@ class Index:
             if row is None or row[0] != INDEX_VERSION:  # another layout: rebuilt from the sidecars
                 db.execute("DROP TABLE IF EXISTS images")
                 db.execute("DROP TABLE IF EXISTS sidecars")
+                db.execute("DROP TABLE IF EXISTS claims")
                 db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -292,27 +293,37 @@ class Index:
             )
 
     # -- claims: who analyses what, between the processes of this host ----------------------
-    def claim(self, wanted: Sequence[Claim], owner: str, lease: float, gone: Callable[[str], bool]) -> set[Claim]:
-        """Claim items for ``owner`` for ``lease`` seconds; returns those it got.
+    def claim(self, wanted: Sequence[Claim], owner: str, lease: float, gone: Callable[[str], bool]) -> list[Claim]:
+        """Claim items for ``owner`` for ``lease`` seconds; returns, per claim asked, the items it got.
 
-        An item claimed by another owner is refused while that claim is unexpired and its owner
-        not ``gone``; otherwise it is taken over. One short transaction, whatever the others do.
+        An item another owner claimed is refused while that claim is unexpired and its owner not
+        ``gone``; otherwise it is taken over. One short transaction for the whole batch.
         """
         now = time.time()
-        granted: set[Claim] = set()
+        granted: list[Claim] = []
         with self._lock:
             self._flush_locked()
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for key in wanted:
-                    row = db.execute(
-                        "SELECT owner, expires FROM claims WHERE dir=? AND name=? AND plugin=? AND item=?", key
-                    ).fetchone()
-                    if row is not None and row[0] != owner and row[1] > now and not gone(row[0]):
-                        continue
-                    db.execute("INSERT OR REPLACE INTO claims VALUES(?,?,?,?,?,?)", (*key, owner, now + lease))
-                    granted.add(key)
+                held: dict[tuple[str, str, str], set[str]] = {}
+                for rel_dir, names in itertools.groupby(sorted({(c[0], c[1]) for c in wanted}), key=lambda k: k[0]):
+                    found = [name for _, name in names]
+                    marks = ",".join("?" * len(found))
+                    rows = db.execute(
+                        f"SELECT name, plugin, owner, items, expires FROM claims WHERE dir=? AND name IN ({marks})",
+                        [rel_dir, *found],
+                    )
+                    for name, plugin, other, items, expires in rows:
+                        if other != owner and expires > now and not gone(other):
+                            held.setdefault((rel_dir, name, plugin), set()).update(items.split("\n"))
+                rows_out = []
+                for rel_dir, name, plugin, items in wanted:
+                    mine = frozenset(items - held.get((rel_dir, name, plugin), set()))
+                    granted.append((rel_dir, name, plugin, mine))
+                    if mine:
+                        rows_out.append((rel_dir, name, plugin, owner, "\n".join(sorted(mine)), now + lease))
+                db.executemany("INSERT OR REPLACE INTO claims VALUES(?,?,?,?,?,?)", rows_out)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -320,9 +331,11 @@ class Index:
         return granted
 
     def release(self, done: Iterable[Claim], owner: str) -> None:
-        """Give up ``owner``'s claims on these items (their results are written, or will not be)."""
-        for key in done:
-            self._write("DELETE FROM claims WHERE dir=? AND name=? AND plugin=? AND item=? AND owner=?", (*key, owner))
+        """Give up ``owner``'s claims on these images' work (written, or not to be done here)."""
+        for rel_dir, name, plugin, _ in done:
+            self._write(
+                "DELETE FROM claims WHERE dir=? AND name=? AND plugin=? AND owner=?", (rel_dir, name, plugin, owner)
+            )
 
     def renew(self, owner: str, lease: float) -> None:
         """Extend every claim of ``owner`` by ``lease`` seconds from now (a long analysis is not taken over)."""

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +45,8 @@ def now_iso() -> str:
 
 
 def ns_to_iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
 
 
 def sidecar_name(image_name: str, plugin: str) -> str:
@@ -293,6 +295,8 @@ _OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_
 
 def as_json(value: Any) -> Any:
     """``value`` as it reads back from a sidecar; TypeError (``orjson.JSONEncodeError``) if it is not JSON."""
+    if value is None or type(value) in (str, bool):  # most results: nothing to convert
+        return value
     return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
 
 

@@ -172,7 +172,9 @@ class SidecarLocks:
 
     @staticmethod
     def stripe(rel: str, plugin: str) -> int:
-        return zlib.crc32(f"{rel}\0{plugin}".encode()) % LOCK_STRIPES
+        """The lock of a sidecar: one per folder and plugin (a batch, mostly of one folder, takes one or two)."""
+        rel_dir = rel.rpartition("/")[0]
+        return zlib.crc32(f"{rel_dir}\0{plugin}".encode()) % LOCK_STRIPES
 
     def _fd(self, stripe: int) -> int | None:
         with self._open_lock:
