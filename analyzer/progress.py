@@ -240,7 +240,9 @@ def summary_lines(stats: RunStats) -> list[str]:
     if s.corrupt_sidecars:
         lines.append(f"  {s.corrupt_sidecars} corrupt sidecars moved aside (*.corrupt-<time>) and redone")
     if s.elsewhere:
-        lines.append(f"  {s.elsewhere} items were claimed by another process; each is made once, by it or after it")
+        lines.append(
+            f"  {s.elsewhere} items were claimed or written by another process meanwhile: looked at again, made once"
+        )
     if s.write_errors:
         lines.append(f"  {s.write_errors} sidecars could not be written (see errors above)")
     for item in s.unavailable_plugins:
