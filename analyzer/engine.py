@@ -190,6 +190,10 @@ class Engine:
             asyncio.create_task(self._prepare_worker(), name=f"analyzer-prepare-{i}")
             for i in range(self.settings.hash_workers)
         ]
+        for store in self.stores:  # claims of processes that are gone (a crash) or ran out
+            purged = store.index.purge_claims(functools.partial(hosts.owner_gone, host=store.host))
+            if purged:
+                log.info("%s: forgot %d claims of processes that are gone", store.root, purged)
         self._renewer = asyncio.create_task(self._renew_claims(), name="analyzer-claims")
         self._opened = True
         return self.stores

@@ -337,6 +337,17 @@ class Index:
                 "DELETE FROM claims WHERE dir=? AND name=? AND plugin=? AND owner=?", (rel_dir, name, plugin, owner)
             )
 
+    def purge_claims(self, gone: Callable[[str], bool]) -> int:
+        """Forget expired claims and those of owners that are ``gone``; returns how many (on open)."""
+        now = time.time()
+        with self._lock:
+            self._flush_locked()
+            rows = self._db.execute("SELECT dir, name, plugin, owner, expires FROM claims").fetchall()
+        dead = [row[:4] for row in rows if row[4] <= now or gone(row[3])]
+        for key in dead:
+            self._write("DELETE FROM claims WHERE dir=? AND name=? AND plugin=? AND owner=?", key)
+        return len(dead)
+
     def renew(self, owner: str, lease: float) -> None:
         """Extend every claim of ``owner`` by ``lease`` seconds from now (a long analysis is not taken over)."""
         self._write("UPDATE claims SET expires=? WHERE owner=?", (time.time() + lease, owner))

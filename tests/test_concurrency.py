@@ -154,3 +154,28 @@ def test_two_hosts_sharing_a_folder_keep_their_own_index_and_lose_nothing(tmp_pa
     for rel, doc in sidecars(tree, "metadata").items():
         assert set(doc["analysis"]) == {"prompt", "image"}, rel
     assert not stray_files(tree)
+
+
+def test_a_walk_removes_temporary_files_of_writers_that_are_gone_and_never_a_live_ones(tmp_path, tree):
+    from analyzer.hosts import default_host_id
+
+    folder = tree / "d0"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = default_host_id()
+    names = {
+        "live": f".img_000.png.metadata.json~{host}~{os.getpid()}~1.tmp",  # this test process: alive
+        "dead": f".img_004.png.metadata.json~{host}~{dead.pid}~1.tmp",
+        "other-new": ".img_008.png.metadata.json~elsewhere~123~1.tmp",
+        "other-old": ".img_012.png.metadata.json~elsewhere~456~1.tmp",
+    }
+    for name in names.values():
+        (folder / name).write_text("{")
+    two_hours_ago = time.time() - 7200
+    os.utime(folder / names["other-old"], (two_hours_ago, two_hours_ago))
+
+    code, err = finish(start(tmp_path, "run", tree, "--plugins", "metadata"))
+
+    assert code == 0, err
+    left = {key for key, name in names.items() if (folder / name).exists()}
+    assert left == {"live", "other-new"}
