@@ -227,6 +227,11 @@ class Engine:
                 await asyncio.wait_for(self.stopping.wait(), ELSEWHERE_POLL)
             await self.look_again_elsewhere()
 
+    @property
+    def waiting_elsewhere(self) -> int:
+        """Images with work another process had claimed, to be looked at again."""
+        return len(self._elsewhere)
+
     async def look_again_elsewhere(self) -> None:
         """Triage again the images another process had claimed work of: done by it, or still to do here."""
         waiting, self._elsewhere = self._elsewhere, {}

@@ -637,7 +637,7 @@ async def follow(engine: Engine, watcher: Watcher) -> None:
     debounce = engine.settings.watch.wildcards_debounce
     seen = engine.changes
     first: float | None = None
-    last_change = last_commit = time.monotonic()
+    last_change = last_commit = last_elsewhere = time.monotonic()
     try:
         while not engine.stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -656,6 +656,9 @@ async def follow(engine: Engine, watcher: Watcher) -> None:
                 elif now - last_commit >= 30:
                     last_commit = now
                     await engine.in_thread(engine.commit)
+                if engine.waiting_elsewhere and now - last_elsewhere >= 2.0:  # done by the other process,
+                    last_elsewhere = now  # or taken over once it is gone
+                    await engine.look_again_elsewhere()
             except Exception:  # a full disk, say: logged, tried again
                 log.exception("watch: writing the wildcard files or the index failed; trying again")
     finally:
