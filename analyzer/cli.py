@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,16 @@ from typing import Any
 
 from . import __version__
 from .engine import Engine, stop_on_signals
-from .errors import EXIT_FAILURES, EXIT_OK, AnalyzerError, ConfigError, exit_code, exit_for_signal
+from .errors import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_PIPE,
+    AnalyzerError,
+    ConfigError,
+    OutputClosed,
+    exit_code,
+    exit_for_signal,
+)
 from .logs import setup_logging
 from .planner import STATES, RunOptions
 from .plugin import AnalyzerPlugin
@@ -189,11 +200,31 @@ async def _run(engine: Engine, paths: list[Path]) -> RunStats:
     return stats
 
 
+class PlanPrinter:
+    """Prints dry-run lines; once the reader is gone, stops the run quietly instead."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.gone = False
+
+    def __call__(self, line: str) -> None:
+        if self.gone:
+            return
+        try:
+            print(line)
+        except BrokenPipeError:
+            self.gone = True
+            self.engine.request_stop("output closed", quiet=True)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     engine, fatal = _engine(settings, args)
+    printer = engine.plan_printer = PlanPrinter(engine)
     if settings.progress == "auto" and not sys.stderr.isatty():
         engine.progress = "plain"
     stats = asyncio.run(_run(engine, args.paths))
+    if printer.gone:
+        raise OutputClosed
     if args.dry_run:
         planned = {name: p.planned for name, p in stats.plugins.items()}
         print(
@@ -319,7 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rich_console=(args.command == "run" and settings.progress == "bar")
             or (args.command == "run" and settings.progress == "auto" and sys.stderr.isatty()),
         )
-        return COMMANDS[args.command](settings, args)
+        code = COMMANDS[args.command](settings, args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
+        return code
+    except (BrokenPipeError, OutputClosed):
+        # like `git log | head`: stop quietly; what would still be printed goes nowhere
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except (AnalyzerError, KeyboardInterrupt) as exc:
         if isinstance(exc, AnalyzerError):
             print(f"analyzer: error: {exc}", file=sys.stderr)

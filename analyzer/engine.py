@@ -152,7 +152,7 @@ class Engine:
         self.stopping = asyncio.Event()
         self.summaries = []
         self._thread_stop = threading.Event()
-        self.stores = [Store.open(root, self.settings) for root in roots]
+        self.stores = [Store.open(root, self.settings, read_only=self.dry_run) for root in roots]
         self.triage = Triage(
             self.planner,
             self.digesters,
@@ -303,14 +303,16 @@ class Engine:
             await self.close()
         return self.stats
 
-    def request_stop(self, reason: str = "stop requested") -> None:
-        if not self.stopping.is_set():
+    def request_stop(self, reason: str = "stop requested", *, quiet: bool = False) -> None:
+        """Stop taking work; in-flight work finishes within the grace period. ``quiet``: say nothing
+        (the reader of the output went away, as ``| head`` does)."""
+        if not self.stopping.is_set() and not quiet:
             log.warning(
                 "%s: finishing in-flight work (up to %gs), then stopping; signal again to exit at once",
                 reason,
                 self.settings.grace_period,
             )
-            self.stats.interrupted = True
+        self.stats.interrupted = True
         self.stopping.set()
         with contextlib.suppress(AttributeError):
             self._thread_stop.set()

@@ -13,6 +13,7 @@ the classes)::
      │    └── ImageTooLarge                      more pixels than ``max_image_pixels`` (decompression bomb)
      ├── FileChangedError                        a file changed while it was hashed (also an OSError)
      ├── CorruptSidecar                          a sidecar that is not JSON or not our layout (also a ValueError)
+     ├── OutputClosed                            the reader of the output went away, ``| head`` (exit 141, quietly)
      └── PluginError                             a plugin's own failure; ``kind`` is its ErrorType
           └── analyzer_llm.providers.ProviderError   plugin-defined: an LLM provider's error, ``kind`` says which
 
@@ -52,6 +53,8 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 """The command ran, but some analyses failed or a plugin was unavailable; also any other error."""
 EXIT_USAGE = 2
+EXIT_PIPE = 141
+"""The reader of the output went away (``| head``): what a shell reports for a process ended by SIGPIPE."""
 """Bad arguments or settings (as argparse exits): nothing was done."""
 
 
@@ -88,6 +91,12 @@ class FileChangedError(AnalyzerError, OSError):
 
 class CorruptSidecar(AnalyzerError, ValueError):
     """A sidecar that is not valid JSON, not in the sidecar layout, or written by a newer analyzer."""
+
+
+class OutputClosed(AnalyzerError):
+    """The reader of standard output went away (``analyzer … | head``): stop at once, quietly."""
+
+    exit_code = EXIT_PIPE
 
 
 class PluginError(AnalyzerError):

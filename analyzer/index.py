@@ -100,10 +100,22 @@ class Index:
     sidecars, and what it misses is read again from them.
     """
 
-    def __init__(self, path: Path | None) -> None:
-        """Open (creating) the index at ``path``; ``None`` keeps it in memory for this run."""
+    def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
+        """Open (creating) the index at ``path``; ``None`` keeps it in memory for this run.
+
+        ``read_only`` (a dry run): an existing index is read, never created nor changed; what this
+        process would write is dropped.
+        """
         self.path = path
+        self.read_only = read_only
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        self._pending_since = 0.0
+        self.changes = 0
+        """Counts every change (under the lock): a reader compares it with the count it saw last."""
+        if read_only:
+            self._db = self._open_read_only(path)
+            return
         self._db = self._connect()
         try:
             self._init()
@@ -117,10 +129,24 @@ class Index:
             path.unlink(missing_ok=True)
             self._db = self._connect()
             self._init()
-        self._pending: list[tuple[str, tuple[object, ...]]] = []
-        self._pending_since = 0.0
-        self.changes = 0
-        """Counts every change (under the lock): a reader compares it with the count it saw last."""
+
+    @staticmethod
+    def _open_read_only(path: Path | None) -> sqlite3.Connection:
+        """The existing index at ``path`` opened for reading, else an empty one in memory."""
+        if path is not None and path.is_file():
+            try:
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+                row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+                if row is not None and row[0] == INDEX_VERSION:
+                    return db
+                db.close()
+            except sqlite3.Error:
+                pass
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        for statement in ["CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT)", *_SCHEMA.split(";")]:
+            if statement.strip() and "meta(" not in statement:
+                db.execute(statement)
+        return db
 
     def _connect(self) -> sqlite3.Connection:
         target = str(self.path) if self.path is not None else ":memory:"
@@ -263,6 +289,8 @@ class Index:
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         with self._lock:
             self.changes += 1
+            if self.read_only:
+                return
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append((sql, args))

@@ -175,7 +175,8 @@ def mask_secrets(value: Any, key: str = "") -> Any:
 
 
 def _core_fields() -> set[str]:
-    return set(Settings.model_fields)
+    """The settings a user can set (``plugin_options`` is where plugin sections go, not a setting)."""
+    return set(Settings.model_fields) - {"plugin_options"}
 
 
 class PluginSectionsSource(PydanticBaseSettingsSource):

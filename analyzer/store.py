@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hosts
 from .errors import ConfigError, CorruptSidecar
-from .index import Index, SidecarRow
+from .index import INDEX_NAME, Index, SidecarRow
 from .planner import Planner, item_key
 from .selector import MISSING, Selector, value_digest
 from .sidecar import (
@@ -230,13 +230,15 @@ def locked(sidecars: Iterable[tuple[Store, str, str]]) -> Iterator[None]:
             store.locks.release(stripe)
 
 
-def _root_id(state: Path, root: Path) -> str:
+def _root_id(state: Path, root: Path, *, create: bool = True) -> str:
     """The root's id from its state folder, made there (once, by whichever process is first) if absent."""
     path = state / ROOT_ID_FILE
     with contextlib.suppress(OSError):
         found = path.read_text().strip()
         if found:
             return found
+    if not create:  # a dry run: an id for this run only
+        return hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
     new = uuid.uuid4().hex[:16]
     tmp = state / f".{ROOT_ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -283,8 +285,11 @@ class Store:
         self.locks = SidecarLocks(state_dir / "locks")
 
     @classmethod
-    def open(cls, root: Path, settings: Settings) -> Store:
-        """Open the store of ``root`` (an absolute folder) with the layout ``settings`` ask for."""
+    def open(cls, root: Path, settings: Settings, *, read_only: bool = False) -> Store:
+        """Open the store of ``root`` (an absolute folder) with the layout ``settings`` ask for.
+
+        ``read_only`` (a dry run): nothing is created or changed, not even the index or the root's id.
+        """
         base = settings.sidecar_dir.resolve() / root.name if settings.sidecar_dir else None
         key = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
         if settings.state_dir is not None:
@@ -293,6 +298,9 @@ class Store:
             state = (base or root) / ".analyzer"
         host = hosts.host_id(settings.host_id)
         # SQLite must not be shared between machines: one index (and its claims) per host
+        if read_only:
+            index = Index(state / "hosts" / host / INDEX_NAME, read_only=True)
+            return cls(root, Layout(root, base), index, state, _root_id(state, root, create=False), host)
         index = Index.open_for(state / "hosts" / host, f"{key}-{host}")
         return cls(root, Layout(root, base), index, state, _root_id(state, root), host)
 
@@ -466,6 +474,8 @@ class Store:
         a power cut), never a live writer's, of this host or another; returns how many (blocking)."""
         removed = 0
         now = time.time()
+        if self.index.read_only:  # a dry run changes nothing
+            return 0
         for name in names:
             path = os.path.join(folder, name)
             try:

@@ -308,6 +308,7 @@ def test_a_missing_key_is_a_clear_setup_error(cli, images, monkeypatch):
 
     assert outcome.code == 1
     assert "plugin llm could not start" in outcome.log and "Set OPENAI_API_KEY" in outcome.log
+    assert ".." not in outcome.log  # one full stop between the SDK's message and ours
     assert (images / "owl.jpg.metadata.json").exists()
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +219,49 @@ def test_mirrored_sidecar_tree(cli, sd_images, tmp_path):
     assert doc["analysis"]["prompt"]["sd-parsers"]["result"] == "a smiling goldfish"
     assert list((out / "images" / ".analyzer" / "hosts").glob("*/index.sqlite"))
     assert "6 already up to date" in cli("run", sd_images, "--sidecar-dir", out).log
+
+
+def _head(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``analyzer ARGS | head -1`` in a shell: the reader goes away after the first line."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "analyzer", *args]) + " | head -1"
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=60, cwd=cwd, env=_clean_env()
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ANALYZER_")} | {"ANALYZER_CLIP__ENABLED": "false"}
+
+
+def test_output_into_a_closed_pipe_ends_quietly_like_git_log_into_head(tmp_path):
+    root = tmp_path / "imgs"
+    for i in range(400):
+        make_image(root / f"img_{i:03d}_with_a_longish_name_so_the_pipe_fills_up.png", color=(i % 256, 1, 2))
+    dry = _head(["run", str(root), "--plugins", "metadata", "--dry-run", "--force"], tmp_path)
+    assert dry.returncode == 141, dry.stderr
+    assert dry.stdout.count(b"\n") == 1 and b"Traceback" not in dry.stderr and b"Error" not in dry.stderr
+
+    subprocess.run(
+        [sys.executable, "-m", "analyzer", "run", str(root), "--plugins", "metadata"],
+        check=True,
+        capture_output=True,
+        env=_clean_env(),
+        cwd=tmp_path,
+    )
+    status = _head(["status", str(root), "--plugins", "metadata"], tmp_path)
+    assert status.returncode in (0, 141) and status.stderr.count(b"Traceback") == 0, status.stderr
+
+
+def test_a_dry_run_writes_nothing_anywhere(cli, sd_images):
+    before = sorted(p.relative_to(sd_images) for p in sd_images.rglob("*"))
+
+    outcome = cli("run", sd_images, "--dry-run")
+
+    assert outcome.code == 0 and "plan: " in outcome.out
+    assert sorted(p.relative_to(sd_images) for p in sd_images.rglob("*")) == before  # no index, no id, no sidecar
+
+    cli("run", sd_images)
+    index = next(sd_images.glob(".analyzer/hosts/*/index.sqlite"))
+    stamp = index.stat().st_mtime_ns
+    assert "plan: 0 items" in cli("run", sd_images, "--dry-run").out  # it reads the index that exists
+    assert index.stat().st_mtime_ns == stamp

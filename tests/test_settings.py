@@ -116,3 +116,10 @@ def test_the_shipped_example_config_is_valid(cli):
     outcome = cli("config", "--config", REPO / "config" / "analyzer.toml")
     assert outcome.code == 0, outcome.err
     assert json.loads(outcome.out)["exclude"] == ["**/thumbnails/**"]
+
+
+def test_an_unknown_setting_lists_only_settings_a_user_can_set(monkeypatch):
+    monkeypatch.setenv("ANALYZER_HASH_WORKRS", "2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "hash_workers" in str(caught.value) and "plugin_options" not in str(caught.value)

@@ -341,8 +341,9 @@ class LlmPlugin(AnalyzerPlugin):
                 )
             except Exception as exc:  # the SDKs refuse to start without a key
                 env = "ANTHROPIC_API_KEY" if options.provider == "anthropic" else "OPENAI_API_KEY"
+                reason = str(exc).rstrip(". ")  # the SDKs' messages end with a full stop already
                 raise PluginUnavailable(
-                    self.name, f"provider {name!r}: {exc}. Set {env}, or ANALYZER_LLM__API_KEY in .env"
+                    self.name, f"provider {name!r}: {reason}. Set {env}, or ANALYZER_LLM__API_KEY in .env"
                 ) from exc
             self.live[name] = _Live(
                 options,
