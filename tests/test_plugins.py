@@ -98,6 +98,16 @@ def test_a_plugin_missing_its_extra_says_what_to_install(cli, ten_images, echo, 
     assert (ten_images / "img00.png.echo.json").exists()
 
 
+def test_exit_codes_follow_one_rule_refused_before_any_work_is_2_something_not_done_is_1(
+    cli, ten_images, echo, extra_plugins
+):
+    only_missing = cli("run", ten_images, "--plugins", "needsextra")
+    assert only_missing.code == 2 and "needsextra" in only_missing.err  # nothing that can run: refused
+    assert not list(ten_images.glob("*.json"))
+    assert cli("run", ten_images, "--plugins", "echo,needsextra").code == 1  # echo ran, needsextra did not
+    assert cli("run", ten_images, "--plugins", "echo").code == 0
+
+
 def test_unrequested_unavailable_plugins_are_a_note_not_a_failure(cli, ten_images, echo, extra_plugins, monkeypatch):
     monkeypatch.setenv("ANALYZER_BROKENSETUP__ENABLED", "false")
     monkeypatch.setenv("ANALYZER_FLAKY__ENABLED", "false")
