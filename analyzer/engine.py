@@ -591,11 +591,10 @@ class Engine:
     # -- what runners report (RunnerHost) ----------------------------------------------
     def job_dropped(self, job: Job, *, failed: bool) -> None:
         self._release_claims([job])
-        if failed:
-            for _ in job.items:
-                self.stats.item_done(job.plugin, ok=False)
-        else:
-            self.stats.plugin(job.plugin).planned -= len(job.items)
+        stats = self.stats.plugin(job.plugin)
+        stats.planned -= len(job.items)
+        if failed:  # its plugin could not start: nothing is written, so `status` shows them missing too
+            stats.not_run += len(job.items)
         self._release_waiting(job.cand.key, job.plugin)
         self._job_finished(job.cand.key)
 

@@ -61,6 +61,8 @@ class PluginStats:
     planned: int = 0
     done: int = 0
     failed: int = 0
+    not_run: int = 0
+    """Items not run because the plugin could not start: nothing is recorded, they stay missing."""
     blocked: int = 0
     """Items not run: a result they read is missing and not coming (its plugin failed or is not in the run)."""
     stale_kept: int = 0
@@ -232,6 +234,7 @@ def summary_lines(stats: RunStats) -> list[str]:
     for name, p in sorted(s.plugins.items()):
         held = "".join(
             [
+                f", {p.not_run} not run (the plugin could not start; they stay missing)" if p.not_run else "",
                 f", {p.blocked} blocked (a result they read failed)" if p.blocked else "",
                 f", {p.stale_kept} stale kept (--refresh-stale redoes them)" if p.stale_kept else "",
             ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -85,6 +86,10 @@ def test_a_plugin_that_fails_setup_is_reported_and_the_others_still_run(cli, ten
     assert "plugin brokensetup could not start: model weights not found: download them" in outcome.log
     assert sidecar(ten_images / "img00.png", "echo")["analysis"]["name"]["echo-v1"]["result"] == "img00"
     assert not list(ten_images.glob("*.brokensetup.json"))
+    # the run and `status` tell the same story: not failed (nothing was tried), still missing
+    assert "brokensetup: 0 done, 0 failed of 0 planned, 10 not run (the plugin could not start" in outcome.log
+    counts = json.loads(cli("status", ten_images, "--plugins", "brokensetup", "--json").out)["results"][0]
+    assert (counts["failed"], counts["missing"]) == (0, 10)
 
 
 def test_a_plugin_missing_its_extra_says_what_to_install(cli, ten_images, echo, extra_plugins):
