@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="count done, stale, failed, blocked and missing results per plugin and mode")
     _scan_options(status)
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
+    status.add_argument(
+        "--failed", action="store_true", help="list the failed items instead: image, plugin, mode and error"
+    )
     _common(status)
 
     config = sub.add_parser("config", help="print the effective settings (secrets masked)")
@@ -269,7 +273,14 @@ def _selector_text(plugin: str, mode: str, model: str, models: int) -> str:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
-    status = collect_status(settings, plugins, args.paths, readers)
+    status = collect_status(settings, plugins, args.paths, readers, failed=args.failed)
+    if args.failed:
+        if args.json:
+            print(json.dumps([dataclasses.asdict(f) for f in status.failures], indent=2, ensure_ascii=False))
+        for f in [] if args.json else status.failures:
+            again = "retried on the next run" if f.retryable else "retried with --retry-failed"
+            print(f"{f.path}\t{f.plugin}\t{f.mode}\t{f.type}: {f.message} ({again})")
+        return EXIT_OK
     models = {(p, m): sum(1 for (p2, m2, _) in status.counts if (p2, m2) == (p, m)) for (p, m, _) in status.counts}
     rows = sorted(status.counts.items())
     if args.json:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import CorruptSidecar
 from .hashing import hash_file
+from .index import SidecarRow
 from .planner import STATES, Planner, RunOptions
 from .plugin import AnalyzerPlugin
 from .progress import RunStats
@@ -35,6 +36,21 @@ class Status:
     """Images whose content changed since their results were made (their results count as missing)."""
     counts: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
     stores: list[Store] = field(default_factory=list)
+    failures: list[Failed] = field(default_factory=list)
+    """With ``failed=True``: every failed item, with its error, in path order."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """One failed item: which image, plugin, mode and model, and the error its sidecar records."""
+
+    path: str
+    plugin: str
+    mode: str
+    model: str
+    type: str
+    message: str
+    retryable: bool
 
 
 def _survey(
@@ -43,13 +59,21 @@ def _survey(
     readers: Sequence[AnalyzerPlugin],
     paths: Sequence[Path],
     counts: Counter[tuple[str, str, str, str]] | None,
+    failures: list[Failed] | None = None,
 ) -> tuple[list[Store], RunStats]:
-    """Walk the roots, index what the sidecars say, tally item states into ``counts`` (blocking)."""
+    """Walk the roots, index what the sidecars say, tally item states into ``counts`` and, given
+    ``failures``, collect every failed item with its error (blocking)."""
     by_name = {p.name: p for p in [*readers, *plugins]}
     planner = Planner(plugins, RunOptions(), readable=by_name)
     found, _ = digesters(planner, by_name)
     stats = RunStats()
-    tally = (lambda rows: planner.tally(rows, counts)) if counts is not None else None
+
+    def tally(store: Store, rel: str, rows: dict[str, SidecarRow | None]) -> None:
+        if counts is not None:
+            planner.tally(rows, counts)
+        if failures is not None:
+            _collect_failures(store, rel, rows, planner, failures)
+
     triage = Triage(
         planner,
         found,
@@ -70,8 +94,7 @@ def _survey(
                 prepared.rows = {}
             else:
                 stats.changed += prepared.changed
-            if counts is not None:
-                planner.tally(prepared.rows, counts)
+            tally(cand.store, cand.rel, prepared.rows)
         return True
 
     try:
@@ -82,15 +105,51 @@ def _survey(
     return stores, stats
 
 
+def _collect_failures(
+    store: Store, rel: str, rows: dict[str, SidecarRow | None], planner: Planner, out: list[Failed]
+) -> None:
+    """The failed items of one image, with the errors its sidecars record (reads only those sidecars)."""
+    for name, plan in planner.plans.items():
+        row = rows.get(name)
+        if row is None or not any(key in row.failed or key in row.retry for key in plan.keys):
+            continue
+        try:
+            doc = store.read(rel, name)
+        except (CorruptSidecar, OSError):
+            continue
+        if doc is None:
+            continue
+        for mode, model in plan.items:
+            entry = doc["errors"].get(mode, {}).get(model)
+            if entry is not None and model not in doc["analysis"].get(mode, {}):
+                out.append(
+                    Failed(
+                        str(store.root / rel),
+                        name,
+                        mode,
+                        model,
+                        str(entry.get("type")),
+                        str(entry.get("message")),
+                        bool(entry.get("retryable")),
+                    )
+                )
+
+
 def collect_status(
-    settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path], readers: Sequence[AnalyzerPlugin] = ()
+    settings: Settings,
+    plugins: Sequence[AnalyzerPlugin],
+    paths: Sequence[Path],
+    readers: Sequence[AnalyzerPlugin] = (),
+    *,
+    failed: bool = False,
 ) -> Status:
-    """Count every item's state under the roots (blocking)."""
+    """Count every item's state under the roots; with ``failed``, list the failed items too (blocking)."""
     counts: Counter[tuple[str, str, str, str]] = Counter()
-    stores, stats = _survey(settings, plugins, readers, paths, counts)
+    failures: list[Failed] = []
+    stores, stats = _survey(settings, plugins, readers, paths, counts, failures if failed else None)
     for store in stores:
         store.close()
-    status = Status(stats.images, stats.changed)
+    status = Status(stats.images, stats.changed, failures=sorted(failures, key=lambda f: (f.path, f.plugin, f.mode)))
     for plugin in plugins:
         for mode in plugin.enabled_modes():
             for model in plugin.model_ids(mode):
@@ -102,7 +161,7 @@ def collect_status(
 
 def rebuild_wildcards(settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path]) -> dict[str, int]:
     """Write the wildcard files from the sidecars as they are (blocking); lines per file name."""
-    stores, _ = _survey(settings, plugins, (), paths, None)
+    stores, _ = _survey(settings, plugins, (), paths, None, None)
     try:
         return refresh_wildcards(stores, [p for p in plugins if p.wildcard_modes], wildcards_dir(settings, stores))
     finally:

@@ -106,7 +106,7 @@ class Triage:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         follow_symlinks: bool = True,
-        on_up_to_date: Callable[[dict[str, SidecarRow | None]], None] | None = None,
+        on_up_to_date: Callable[[Store, str, dict[str, SidecarRow | None]], None] | None = None,
         stats: RunStats | None = None,
     ) -> None:
         self.planner = planner
@@ -221,7 +221,7 @@ class Triage:
             if current and planner.satisfied(known):  # type: ignore[arg-type]  # no NEEDS_READ when current
                 up_to_date += 1
                 if self.on_up_to_date is not None:
-                    self.on_up_to_date(known)  # type: ignore[arg-type]
+                    self.on_up_to_date(store, listing.rel(name), known)  # type: ignore[arg-type]
                 continue
             chunk.append(
                 Candidate(

@@ -265,3 +265,18 @@ def test_a_dry_run_writes_nothing_anywhere(cli, sd_images):
     stamp = index.stat().st_mtime_ns
     assert "plan: 0 items" in cli("run", sd_images, "--dry-run").out  # it reads the index that exists
     assert index.stat().st_mtime_ns == stamp
+
+
+def test_status_failed_lists_each_failed_item_with_its_error(cli, sd_images):
+    shutil.copy(DATA / "bad-images" / "empty_file.png", sd_images / "broken.png")
+    cli("run", sd_images, "--modes", "image,prompt")
+
+    listed = cli("status", sd_images, "--failed").out.splitlines()
+
+    assert len(listed) == 2 and all(line.startswith(str(sd_images / "broken.png") + "\t") for line in listed)
+    assert "metadata\timage\tImageError: empty file (0 bytes) (retried with --retry-failed)" in listed[0]
+    as_json = json.loads(cli("status", sd_images, "--failed", "--json").out)
+    assert {(f["mode"], f["type"], f["retryable"]) for f in as_json} == {
+        ("image", "ImageError", False),
+        ("prompt", "ImageError", False),
+    }
