@@ -37,7 +37,12 @@ class Listing:
     """The analyzer's own temporary files in the folder (``.<name>~<host>~<pid>~<n>.tmp``)."""
 
     def rel(self, name: str) -> str:
-        return f"{self.rel_dir}/{name}" if self.rel_dir else name
+        return join_rel(self.rel_dir, name)
+
+
+def join_rel(rel_dir: str, name: str) -> str:
+    """The path of ``name`` in the folder ``rel_dir`` (``""`` for the root), relative to its root."""
+    return f"{rel_dir}/{name}" if rel_dir else name
 
 
 @lru_cache(maxsize=256)

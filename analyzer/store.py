@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import hosts
+from .discovery import join_rel
 from .errors import ConfigError, CorruptSidecar
 from .index import INDEX_NAME, Index, SidecarRow
 from .planner import Planner, item_key
@@ -108,12 +109,17 @@ Preferred = dict[str, dict[str, tuple[str, ...]]]
 
 def digesters(planner: Planner, plugins: Mapping[str, AnalyzerPlugin]) -> tuple[dict[str, Digester], Preferred]:
     """A digester for every plugin whose sidecars ``planner`` looks at, and the models each prefers."""
-    preferred = {name: {mode: tuple(p.model_ids(mode)) for mode in p.enabled_modes()} for name, p in plugins.items()}
+    preferred = preferred_models(plugins.values())
     found = {
         name: Digester(plugins[name], tuple(planner.selectors.get(name, ())), preferred[name])
         for name in planner.watched
     }
     return found, preferred
+
+
+def preferred_models(plugins: Iterable[AnalyzerPlugin]) -> Preferred:
+    """Per plugin and mode, the model ids it is configured with now: which result a selector picks."""
+    return {p.name: {mode: tuple(p.model_ids(mode)) for mode in p.enabled_modes()} for p in plugins}
 
 
 def resolve_roots(settings: Settings, paths: Sequence[Path]) -> list[Path]:
@@ -355,7 +361,7 @@ class Store:
         self, rel_dir: str, name: str, digester: Digester, *, set_aside: bool
     ) -> tuple[SidecarRow | None, dict[str, Any] | None, bool]:
         """Read a sidecar the index does not know and index it: (digest, its file_info, was corrupt)."""
-        rel = f"{rel_dir}/{name}" if rel_dir else name
+        rel = join_rel(rel_dir, name)
         pname = digester.plugin.name
         try:
             found, corrupt = self._read_or_set_aside(rel, pname, set_aside)
@@ -502,7 +508,7 @@ class Store:
         gone: list[str] = []
         for d in sorted(self.index.dirs()):
             if d == rel_dir or d.startswith(rel_dir + "/"):
-                gone.extend(f"{d}/{name}" if d else name for name in self.index.load_dir(d))
+                gone.extend(join_rel(d, name) for name in self.index.load_dir(d))
                 self.index.delete_dirs([d])
         return gone
 

@@ -20,7 +20,7 @@ from .plugin import AnalyzerPlugin
 from .progress import RunStats
 from .selector import MISSING, Selector, to_text
 from .settings import Settings
-from .store import Store, digesters, resolve_roots, skip_dirs, wildcards_dir
+from .store import Store, digesters, preferred_models, resolve_roots, skip_dirs, wildcards_dir
 from .triage import Candidate, Triage
 from .wildcards import refresh_wildcards
 
@@ -80,7 +80,7 @@ def _survey(
         include=settings.include,
         exclude=settings.exclude,
         follow_symlinks=settings.follow_symlinks,
-        on_up_to_date=tally,
+        on_up_to_date=tally if counts is not None or failures is not None else None,  # wildcards: nothing per image
         stats=stats,
     )
     stores = [Store.open(root, settings) for root in resolve_roots(settings, paths)]
@@ -177,7 +177,7 @@ def show_values(
     Only results made for the image's current content count; a selector with no value shows ``-``.
     """
     image_hash = hash_file(store.root / rel)[0]
-    preferred = {p.name: {m: tuple(p.model_ids(m)) for m in p.enabled_modes()} for p in plugins}
+    preferred = preferred_models(plugins)
     if selectors:
         wanted = [Selector.parse(text) for text in selectors]
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Literal
 
-from .discovery import Listing, Stat, walk
+from .discovery import Listing, Stat, join_rel, walk
 from .errors import FileChangedError
 from .hashing import hash_file
 from .index import ImageRow, SidecarRow
@@ -61,7 +61,7 @@ class Candidate:
 
     @property
     def rel(self) -> str:
-        return f"{self.rel_dir}/{self.name}" if self.rel_dir else self.name
+        return join_rel(self.rel_dir, self.name)
 
     @property
     def key(self) -> tuple[Path, str]:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from .discovery import Stat, wanted_path
+from .discovery import Stat, join_rel, wanted_path
 from .engine import Engine, stop_on_signals
 from .errors import ConfigError, FileChangedError, ImageError, ImageTooLarge
 from .hashing import hash_file
@@ -204,7 +204,7 @@ class Watcher:
     def retry(self, item: Ready) -> None:
         """Images the consumer could not take: looked at again after a quiet period, not lost."""
         for name in item.names:
-            self._touch(item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
+            self._touch(item.store, join_rel(item.rel_dir, name))
 
     def _how(self) -> str:
         return f"polling every {self.settings.poll_interval:g}s" if self.polling else "file system events"
@@ -560,7 +560,7 @@ class Watcher:
     def _adopt_all(self, item: Ready) -> None:
         """Ready images take over the results of deleted ones with the same content (those that merely moved)."""
         for name in item.names:  # one failing (a full disk, say) never holds up the others
-            self._guard(self._adopt, item.store, f"{item.rel_dir}/{name}" if item.rel_dir else name)
+            self._guard(self._adopt, item.store, join_rel(item.rel_dir, name))
 
     def _expire_orphans(self, max_age: float = ORPHAN_SECONDS) -> None:
         limit = time.monotonic() - max_age
