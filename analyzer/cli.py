@@ -35,9 +35,9 @@ from .logs import setup_logging
 from .planner import STATES, RunOptions
 from .plugin import AnalyzerPlugin
 from .progress import RunStats, summary_lines
-from .registry import Unavailable, select_plugins, select_readers
+from .registry import Unavailable, cannot_run, select_plugins, select_readers
 from .settings import Settings, load_settings, mask_secrets
-from .store import Store
+from .store import Store, root_of_file
 from .survey import collect_status, rebuild_wildcards, show_values
 
 log = logging.getLogger("analyzer")
@@ -283,6 +283,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     models = {(p, m): sum(1 for (p2, m2, _) in status.counts if (p2, m2) == (p, m)) for (p, m, _) in status.counts}
     rows = sorted(status.counts.items())
+    blocked_here = {p.name: why for p in plugins if (why := cannot_run(type(p))) is not None}
     if args.json:
         results = [
             {"plugin": p, "mode": m, "model": mo, "selector": _selector_text(p, m, mo, models[(p, m)]), **c}
@@ -290,7 +291,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         ]
         print(
             json.dumps(
-                {"images": status.images, "changed_since_analysed": status.changed, "results": results}, indent=2
+                {
+                    "images": status.images,
+                    "changed_since_analysed": status.changed,
+                    "results": results,
+                    "cannot_run": blocked_here,
+                },
+                indent=2,
             )
         )
         return EXIT_OK
@@ -308,6 +315,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         )
     if held["blocked"]:
         print(f"{held['blocked']} blocked: they read a result that failed for the image (retried when it exists)")
+    for name, why in blocked_here.items():
+        missing = sum(c["missing"] for (p, _, _), c in rows if p == name)
+        print(f"{name} cannot run on this machine ({why}): its {missing} missing items stay missing until then")
     return EXIT_OK
 
 
@@ -317,8 +327,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     image = args.image.resolve()
     if not image.is_file():
         raise ConfigError(f"{args.image} is not a file")
-    roots = [r.resolve() for r in settings.roots if image.is_relative_to(r.resolve())]
-    store = Store.open(roots[0] if roots else image.parent, settings)
+    store = Store.open(root_of_file(image, settings), settings, read_only=True)
     try:
         rel = image.relative_to(store.root).as_posix()
         print(f"id\t{store.image_id(rel)}")

@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,16 @@ from .runner import Job, Outcomes, PluginRunner
 from .selector import MISSING, context_digest
 from .settings import Settings
 from .sidecar import as_json, now_iso, publish
-from .store import Entries, StagedSidecar, Store, digesters, locked, resolve_roots, skip_dirs, wildcards_dir
+from .store import (
+    Entries,
+    StagedSidecar,
+    Store,
+    digesters,
+    locked,
+    resolve_targets,
+    skip_dirs,
+    wildcards_dir,
+)
 from .triage import Candidate, Defer, Prepared, Triage
 from .wildcards import refresh_wildcards
 
@@ -143,16 +153,22 @@ class Engine:
         self._opened = False
 
     # -- life cycle --------------------------------------------------------------------
-    async def open(self, paths: Sequence[Path] = ()) -> list[Store]:
-        """Open the roots (``paths``, else the ``roots`` setting) and start the workers."""
+    async def open(self, paths: Sequence[Path] = (), *, files: bool = True) -> list[Store]:
+        """Open the roots (``paths``, else the ``roots`` setting) and start the workers.
+
+        With ``files``, an image file in ``paths`` stands for itself in its root (see
+        :func:`~analyzer.store.resolve_targets`); otherwise every path must be a folder.
+        """
         if self._opened:
             raise RuntimeError("the engine is open already: close it first")
-        roots = self.resolve_roots(paths)
+        targets = resolve_targets(self.settings, paths, files=files)
         self.stats = RunStats()
         self.stopping = asyncio.Event()
         self.summaries = []
         self._thread_stop = threading.Event()
-        self.stores = [Store.open(root, self.settings, read_only=self.dry_run) for root in roots]
+        self.stores = [
+            Store.open(target.root, self.settings, read_only=self.dry_run, only=target.files) for target in targets
+        ]
         self.triage = Triage(
             self.planner,
             self.digesters,
@@ -205,10 +221,14 @@ class Engine:
         """
         loop = asyncio.get_running_loop()
         emit = self._emitter(loop)
-        return await loop.run_in_executor(
-            self._scan,
-            lambda: self.triage.walk(self.stores, emit, skip=self.skip_dirs(), stop=self._thread_stop, defer=defer),
-        )
+        self.stats.walk_started = time.monotonic()
+        try:
+            return await loop.run_in_executor(
+                self._scan,
+                lambda: self.triage.walk(self.stores, emit, skip=self.skip_dirs(), stop=self._thread_stop, defer=defer),
+            )
+        finally:
+            self.stats.walk_started = None
 
     async def submit(self, store: Store, rel_dir: str, names: Sequence[str]) -> None:
         """Queue the work some images of one folder need (images that appeared or changed)."""
@@ -327,9 +347,6 @@ class Engine:
         return f" in_flight={len(self.claims)}{extra}"
 
     # -- roots -------------------------------------------------------------------------
-    def resolve_roots(self, paths: Sequence[Path]) -> list[Path]:
-        return resolve_roots(self.settings, paths)
-
     def wildcards_dir(self) -> Path:
         return wildcards_dir(self.settings, self.stores)
 

@@ -75,6 +75,8 @@ class PluginUnavailable(AnalyzerError):
     def __init__(self, plugin: str, message: str) -> None:
         super().__init__(f"plugin {plugin!r} is unavailable: {message}")
         self.plugin = plugin
+        self.reason = message
+        """What went wrong and what to do, without the plugin's name."""
 
 
 class ImageError(AnalyzerError):

@@ -39,6 +39,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+LIBRARIES = (
+    "PIL",
+    "anthropic",
+    "asyncio",
+    "filelock",
+    "httpcore",
+    "httpx",
+    "huggingface_hub",
+    "openai",
+    "sd_parsers",
+    "transformers",
+    "urllib3",
+    "watchdog",
+)
+"""Loggers of the libraries the analyzer uses: on the console only their warnings and errors
+(their INFO lines, such as one ``HTTP Request: POST …`` per request, go to the log file only)."""
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps the console to the analyzer's own lines and other libraries' warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(record.name == lib or record.name.startswith(lib + ".") for lib in LIBRARIES)
+
+
+def route_library_logs() -> None:
+    """Libraries that print to stderr themselves (huggingface_hub, transformers) would print every
+    line twice, once through their own handler and once through ours: drop their handlers and let
+    their records reach the analyzer's. Called again after such a library is imported."""
+    for name in ("huggingface_hub", "transformers"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_console: bool = False) -> None:
     root = logging.getLogger()
     while _installed:  # only our own handlers: an embedding application keeps its own
@@ -47,14 +86,25 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_con
         old.close()
     handler: logging.Handler
     if rich_console:
+        from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False)
+        handler = RichHandler(
+            console=console(),
+            show_path=False,
+            show_time=True,
+            omit_repeated_times=False,
+            log_time_format="%H:%M:%S",
+            markup=False,
+            highlighter=NullHighlighter(),  # colour the level only, never parts of numbers or paths
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     handler.setLevel(level)
+    if level != "DEBUG":  # asking for DEBUG is asking for everything
+        handler.addFilter(ConsoleFilter())
     root.addHandler(handler)
     _installed.append(handler)
     if log_file is not None:
@@ -65,5 +115,6 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None, *, rich_con
         root.addHandler(file_handler)
         _installed.append(file_handler)
     root.setLevel("DEBUG" if log_file is not None else level)
-    for noisy in ("PIL", "httpx", "httpcore", "watchdog", "sd_parsers", "asyncio"):
-        logging.getLogger(noisy).setLevel("WARNING")
+    for library in LIBRARIES:  # their DEBUG lines are a flood (PIL logs every PNG chunk)
+        logging.getLogger(library).setLevel("DEBUG" if level == "DEBUG" else "INFO")
+    route_library_logs()

@@ -89,9 +89,18 @@ class RunStats:
     elsewhere: int = 0
     """Items another process of this host had claimed when this one came to them (it made them)."""
     unavailable_plugins: list[str] = field(default_factory=list)
+    """Plugins asked for that could not run (their error was logged when it happened)."""
     plugins: dict[str, PluginStats] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
+    walk_started: float | None = None
+    """While the folders are walked: when the walk began (the totals still grow), else None."""
+
+    def walk_rate(self, now: float) -> float:
+        """Images found per second by the walk going on (0 when none is)."""
+        if self.walk_started is None:
+            return 0.0
+        return self.images / max(now - self.walk_started, 1e-6)
 
     def plugin(self, name: str) -> PluginStats:
         return self.plugins.setdefault(name, PluginStats())
@@ -118,13 +127,21 @@ class RunStats:
         return sum(p.planned - p.done - p.failed for p in self.plugins.values())
 
 
-def _eta(stats: PluginStats, now: float) -> str:
+def _eta(stats: PluginStats, now: float, walking: bool = False) -> str:
+    """Time left at the current rate; ``-`` while the total is unknown (walking) or no rate yet."""
+    if walking:
+        return "-"
     rate = stats.rate(now)
     left = stats.planned - stats.done - stats.failed
     if rate <= 0 or left <= 0:
         return "-"
     seconds = int(left / rate)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _counts(stats: PluginStats, walking: bool) -> str:
+    """``12/40 done, 1 failed``; while the walk goes on the total is not known yet: ``12/40+``."""
+    return f"{stats.done}/{stats.planned}{'+' if walking else ''} done, {stats.failed} failed"
 
 
 class Reporter:
@@ -157,8 +174,8 @@ class Reporter:
             self._progress = Progress(
                 TextColumn("{task.description:>10}"),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total} done, {task.fields[failed]} failed"),
-                TextColumn("{task.fields[rate]:.1f}/s ETA {task.fields[eta]}"),
+                TextColumn("{task.fields[counts]}"),
+                TextColumn("{task.fields[rate]:.1f}/s {task.fields[eta]}"),
                 console=console(),
                 transient=True,
             )
@@ -176,17 +193,33 @@ class Reporter:
             self._progress.stop()
 
     def _refresh_bars(self) -> None:
+        """One line for the walk while it goes on (found so far, rate), then one bar per plugin; a
+        plugin's total and ETA are shown only once the walk is over and they mean something."""
         now = time.monotonic()
-        for name, stats in self.stats.plugins.items():
+        s = self.stats
+        walking = s.walk_started is not None
+        walk = self._bars.get(" walk")
+        if walking and walk is None:
+            walk = self._bars[" walk"] = self._progress.add_task("walk", total=None, counts="", rate=0.0, eta="")
+        if walk is not None:
+            self._progress.update(
+                walk,
+                counts=f"{s.images} images found" + ("" if walking else f", {s.up_to_date} up to date"),
+                rate=s.walk_rate(now) if walking else 0.0,
+                total=None if walking else 1,
+                completed=0 if walking else 1,
+                eta="walking" if walking else "walked",
+            )
+        for name, stats in s.plugins.items():
             if name not in self._bars:
-                self._bars[name] = self._progress.add_task(name, total=0, failed=0, rate=0.0, eta="-")
+                self._bars[name] = self._progress.add_task(name, total=None, counts="", rate=0.0, eta="")
             self._progress.update(
                 self._bars[name],
-                total=stats.planned,
+                total=None if walking else stats.planned,
                 completed=stats.done,
-                failed=stats.failed,
+                counts=_counts(stats, walking),
                 rate=stats.rate(now),
-                eta=_eta(stats, now),
+                eta=f"ETA {_eta(stats, now, walking)}",
             )
 
     def heartbeat_line(self) -> str:
@@ -199,6 +232,20 @@ class Reporter:
             f"{gpu_memory_text()}"
         )
 
+    def plain_lines(self, now: float | None = None) -> list[str]:
+        """The progress lines shown every 10 s without a terminal: the walk while it goes on (found
+        so far, rate), then per plugin done/planned, failed, rate, and an ETA once the total is known."""
+        now = time.monotonic() if now is None else now
+        s = self.stats
+        walking = s.walk_started is not None
+        lines = [f"walk: {s.images} images found so far, {s.walk_rate(now):.0f}/s"] if walking else []
+        for name, p in s.plugins.items():
+            if p.planned:
+                lines.append(
+                    f"progress {name}: {_counts(p, walking)}, {p.rate(now):.1f}/s, ETA {_eta(p, now, walking)}"
+                )
+        return lines
+
     async def _tick(self) -> None:
         last_beat = last_plain = time.monotonic()
         while True:
@@ -208,17 +255,8 @@ class Reporter:
                 self._refresh_bars()
             elif self.progress_lines and now - last_plain >= 10:
                 last_plain = now
-                for name, p in self.stats.plugins.items():
-                    if p.planned:
-                        log.info(
-                            "progress %s: %d/%d done, %d failed, %.1f/s, ETA %s",
-                            name,
-                            p.done,
-                            p.planned,
-                            p.failed,
-                            p.rate(now),
-                            _eta(p, now),
-                        )
+                for line in self.plain_lines(now):
+                    log.info(line)
             if self.heartbeat and now - last_beat >= self.heartbeat:
                 last_beat = now
                 log.info(self.heartbeat_line())
@@ -248,8 +286,9 @@ def summary_lines(stats: RunStats) -> list[str]:
         )
     if s.write_errors:
         lines.append(f"  {s.write_errors} sidecars could not be written (see errors above)")
-    for item in s.unavailable_plugins:
-        lines.append(f"  unavailable: {item}")
+    if s.unavailable_plugins:
+        names = ", ".join(dict.fromkeys(item.partition(":")[0] for item in s.unavailable_plugins))
+        lines.append(f"  could not run: {names} (the error is above)")
     lines.append(
         f"finished in {seconds:.1f}s, peak RSS {peak_rss_mb():.0f} MB" + (" (interrupted)" if s.interrupted else "")
     )

@@ -71,6 +71,15 @@ def missing_requirements(cls: type[AnalyzerPlugin]) -> list[str]:
     return [module for module in cls.requires if importlib.util.find_spec(module) is None]
 
 
+def cannot_run(cls: type[AnalyzerPlugin]) -> str | None:
+    """Why the plugin cannot run here and how to install what it needs, or None when it can."""
+    missing = missing_requirements(cls)
+    if not missing:
+        return None
+    hint = cls.install_hint or f"pip install {' '.join(missing)}"
+    return f"needs {', '.join(missing)}: {hint}"
+
+
 def select_plugins(
     settings: Settings, only: list[str] | None = None, *, check_requirements: bool = True
 ) -> tuple[list[AnalyzerPlugin], list[Unavailable]]:
@@ -109,10 +118,9 @@ def select_plugins(
             raise ConfigError(f"invalid options for plugin {name!r}: {problems}") from exc
         if not options.enabled and not (only and name in only):
             continue
-        missing = missing_requirements(cls) if check_requirements else []
-        if missing:
-            hint = cls.install_hint or f"pip install {' '.join(missing)}"
-            unavailable.append(Unavailable(name, f"needs {', '.join(missing)}: {hint}", explicit))
+        problem = cannot_run(cls) if check_requirements else None
+        if problem is not None:
+            unavailable.append(Unavailable(name, problem, explicit))
             continue
         plugin = cls(options)
         for mode in plugin.enabled_modes():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .discovery import Stat
-from .errors import ErrorType
+from .errors import ErrorType, PluginUnavailable
 from .planner import Item
 from .plugin import AnalyzerPlugin, Failure, ImageRef, Outcome
 from .triage import Candidate
@@ -129,7 +129,7 @@ class PluginRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = str(exc) or type(exc).__name__
+                error = (exc.reason if isinstance(exc, PluginUnavailable) else str(exc)) or type(exc).__name__
                 if self.setup_error is None:
                     host.plugin_unavailable(name, error)
                 self.setup_error = error

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import hosts
-from .discovery import join_rel
+from .discovery import join_rel, wanted_path
 from .errors import ConfigError, CorruptSidecar
+from .images import IMAGE_EXTENSIONS, is_image_name
 from .index import INDEX_NAME, Index, SidecarRow
 from .planner import Planner, item_key
 from .selector import MISSING, Selector, value_digest
@@ -122,22 +123,78 @@ def preferred_models(plugins: Iterable[AnalyzerPlugin]) -> Preferred:
     return {p.name: {mode: tuple(p.model_ids(mode)) for mode in p.enabled_modes()} for p in plugins}
 
 
-def resolve_roots(settings: Settings, paths: Sequence[Path]) -> list[Path]:
-    """The folders to work on (``paths``, else the ``roots`` setting), absolute and checked."""
-    roots = list(paths) or list(settings.roots)
-    if not roots:
+@dataclass(frozen=True)
+class Target:
+    """What a command works on in one root: the whole root, or some image files in it."""
+
+    root: Path
+    files: tuple[str, ...] | None = None
+    """Paths relative to the root (``/``-separated) of the only images to look at; None: every image."""
+
+
+def resolve_targets(settings: Settings, paths: Sequence[Path], *, files: bool = True) -> list[Target]:
+    """The roots to work on and, for image files given alone (``files``), the files in their roots.
+
+    An image file's root is the nearest enclosing folder that is a root already (it has a state
+    folder), a configured root or a folder given in the same command, else the file's own folder:
+    its sidecar and index row are the ones a run on that folder makes.
+    """
+    given = list(paths) or list(settings.roots)
+    if not given:
         raise ConfigError("no folder given: name one (analyzer run PATH) or set roots in the settings")
-    resolved: list[Path] = []
-    for path in roots:
-        if not path.is_dir():
+    folders: list[Path] = []
+    images: list[tuple[Path, Path]] = []
+    for path in given:
+        if path.is_dir():
+            folders.append(path.resolve())
+        elif not files:
             raise ConfigError(f"{path} is not a folder")
-        resolved.append(path.resolve())
+        elif not path.exists():
+            raise ConfigError(f"{path} does not exist")
+        elif not path.is_file():
+            raise ConfigError(f"{path} is neither a folder nor a file")
+        elif not is_image_name(path.name):
+            kinds = ", ".join(f".{ext}" for ext in sorted(IMAGE_EXTENSIONS))
+            raise ConfigError(f"{path} is not an image file (names ending in {kinds})")
+        else:  # the folder is resolved, the name kept: a symlinked image is analysed as the walk would
+            images.append((path, path.absolute().parent.resolve() / path.name))
+    folders = list(dict.fromkeys(folders))
+    single: dict[Path, list[str]] = {}
+    for path, image in images:
+        root = root_of_file(image, settings, folders)
+        rel = image.relative_to(root).as_posix()
+        if not wanted_path(rel, settings.include, settings.exclude):
+            raise ConfigError(f"{path} is left out by the include/exclude settings or a hidden folder")
+        if root not in folders:
+            single.setdefault(root, []).append(rel)
+    targets = [Target(root) for root in folders]
+    targets += [Target(root, tuple(dict.fromkeys(rels))) for root, rels in single.items()]
     if settings.sidecar_dir is not None:
-        names = [r.name for r in resolved]
+        names = [t.root.name for t in targets]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ConfigError(f"with sidecar_dir set, roots need distinct folder names ({', '.join(dupes)})")
-    return list(dict.fromkeys(resolved))
+    return targets
+
+
+def root_of_file(image: Path, settings: Settings, also: Sequence[Path] = ()) -> Path:
+    """The root of an image file given alone (``image`` absolute): the nearest enclosing folder that
+    is a root already (has a state folder with a root id), a configured root or one of ``also``,
+    else the image's own folder."""
+    known = {root.resolve() for root in settings.roots} | set(also)
+    for folder in image.parents:
+        if folder in known or (state_folder(folder, settings) / ROOT_ID_FILE).is_file():
+            return folder
+    return image.parent
+
+
+def state_folder(root: Path, settings: Settings) -> Path:
+    """The root's shared state folder: ``<root or its mirror>/.analyzer``, or under ``state_dir``."""
+    if settings.state_dir is not None:
+        key = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+        return settings.state_dir.resolve() / f"{root.name}-{key}"
+    base = settings.sidecar_dir.resolve() / root.name if settings.sidecar_dir else None
+    return (base or root) / ".analyzer"
 
 
 def wildcards_dir(settings: Settings, stores: Sequence[Store]) -> Path:
@@ -289,26 +346,31 @@ class Store:
         self.owner = hosts.owner(self.host)
         """This process, as its temporary files and claims name it."""
         self.locks = SidecarLocks(state_dir / "locks")
+        self.only: tuple[str, ...] | None = None
+        """The images (relative paths) a walk of this store looks at; None: every image under the root."""
 
     @classmethod
-    def open(cls, root: Path, settings: Settings, *, read_only: bool = False) -> Store:
+    def open(
+        cls, root: Path, settings: Settings, *, read_only: bool = False, only: Sequence[str] | None = None
+    ) -> Store:
         """Open the store of ``root`` (an absolute folder) with the layout ``settings`` ask for.
 
         ``read_only`` (a dry run): nothing is created or changed, not even the index or the root's id.
+        ``only``: the images (relative paths) a walk of this store looks at; default every one.
         """
         base = settings.sidecar_dir.resolve() / root.name if settings.sidecar_dir else None
         key = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
-        if settings.state_dir is not None:
-            state = settings.state_dir.resolve() / f"{root.name}-{key}"
-        else:
-            state = (base or root) / ".analyzer"
+        state = state_folder(root, settings)
         host = hosts.host_id(settings.host_id)
         # SQLite must not be shared between machines: one index (and its claims) per host
         if read_only:
             index = Index(state / "hosts" / host / INDEX_NAME, read_only=True)
-            return cls(root, Layout(root, base), index, state, _root_id(state, root, create=False), host)
-        index = Index.open_for(state / "hosts" / host, f"{key}-{host}")
-        return cls(root, Layout(root, base), index, state, _root_id(state, root), host)
+            store = cls(root, Layout(root, base), index, state, _root_id(state, root, create=False), host)
+        else:
+            index = Index.open_for(state / "hosts" / host, f"{key}-{host}")
+            store = cls(root, Layout(root, base), index, state, _root_id(state, root), host)
+        store.only = tuple(only) if only is not None else None
+        return store
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, id={self.id!r})"

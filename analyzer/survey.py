@@ -20,7 +20,7 @@ from .plugin import AnalyzerPlugin
 from .progress import RunStats
 from .selector import MISSING, Selector, to_text
 from .settings import Settings
-from .store import Store, digesters, preferred_models, resolve_roots, skip_dirs, wildcards_dir
+from .store import Store, digesters, preferred_models, resolve_targets, skip_dirs, wildcards_dir
 from .triage import Candidate, Triage
 from .wildcards import refresh_wildcards
 
@@ -83,7 +83,10 @@ def _survey(
         on_up_to_date=tally if counts is not None or failures is not None else None,  # wildcards: nothing per image
         stats=stats,
     )
-    stores = [Store.open(root, settings) for root in resolve_roots(settings, paths)]
+    stores = [
+        Store.open(target.root, settings, only=target.files)
+        for target in resolve_targets(settings, paths, files=counts is not None)
+    ]
 
     def look(chunk: list[Candidate]) -> bool:
         for cand in chunk:

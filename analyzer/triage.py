@@ -134,6 +134,16 @@ class Triage:
         Returns False when stopped (by ``stop`` or ``emit``).
         """
         for store in stores:
+            if store.only is not None:  # image files given alone: just those, nothing forgotten
+                by_dir: dict[str, list[str]] = {}
+                for rel in store.only:
+                    rel_dir, _, name = rel.rpartition("/")
+                    by_dir.setdefault(rel_dir, []).append(name)
+                for rel_dir, names in by_dir.items():
+                    if stop is not None and stop.is_set():
+                        return False
+                    self.names(store, rel_dir, names, emit)
+                continue
             seen_dirs: set[str] = set()
             for listing in walk(
                 store.root,

@@ -610,7 +610,7 @@ async def watch(engine: Engine, paths: Sequence[Path] = ()) -> RunStats:
     engine.analysed_level = logging.INFO
     engine.progress, engine.progress_lines = "plain", False
     engine.wildcards_on_stop = True  # a watcher's stop is its normal end
-    stores = await engine.open(paths)
+    stores = await engine.open(paths, files=False)  # a watcher watches folders
     watcher = Watcher(engine.settings, stores, engine.planner.watched, engine.skip_dirs())
     engine.on_released = watcher.released
     engine.on_plugin_ready = watcher.plugin_ready

@@ -18,7 +18,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
+# setuptools says "Editable installation … be careful with folders named like your package" for
+# every editable install whose packages live in more than one folder (analyzer/, plugins/): known.
+PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
 {
     echo "$PROJECT"
     [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$PROJECT" ] && tail -n +2 "$STAMP"

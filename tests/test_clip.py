@@ -235,9 +235,41 @@ def test_weights_that_cannot_be_had_give_one_clear_message(cli, tmp_path, monkey
     assert outcome.code == 1
     message = next(line for line in outcome.log.splitlines() if "plugin clip could not start" in line)
     assert "cannot load CLIP model 'ViT-B-32/openai' or caption model 'blip-large'" in message
-    assert "huggingface-cli download Salesforce/blip-image-captioning-large" in message
+    assert (
+        "hf download timm/vit_base_patch32_clip_224.openai and hf download Salesforce/blip-image-captioning-large"
+        in (message)
+    )
+    assert "is unavailable" not in message  # said once, not wrapped twice
+    assert sum("cannot load CLIP model" in line for line in outcome.log.splitlines()) == 1  # not again in the summary
+    assert "could not run: clip (the error is above)" in outcome.log
     assert "Traceback" not in outcome.err
     assert (root / "a.png.metadata.json").exists()  # the other plugin still ran
+
+
+def test_an_unreachable_hub_is_found_at_once_and_the_cache_alone_is_used(cli, tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE, an offline machine would spend ~25 s in huggingface_hub's retries."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(ClipPlugin, "preloaded", None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("ANALYZER_CLIP__CLIP_MODEL", "ViT-B-32/openai")
+    monkeypatch.setenv("ANALYZER_CLIP__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ANALYZER_CLIP__DEVICE", "cpu")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    root = tmp_path / "imgs"
+    make_image(root / "a.png")
+
+    outcome = cli("run", root, "--plugins", "clip")
+
+    assert outcome.code == 1
+    assert "the Hugging Face hub cannot be reached (127.0.0.1:" in outcome.log
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    message = next(line for line in outcome.log.splitlines() if "plugin clip could not start" in line)
+    assert "only (offline)" in message
+    assert "HF_HUB_OFFLINE=1 makes this fail at once" in message
+    assert "Retrying in" not in outcome.err
 
 
 def test_out_of_memory_splits_the_batch_then_falls_back_to_the_cpu():

@@ -95,3 +95,46 @@ def test_an_image_vanishing_before_it_is_hashed_is_skipped(tmp_path):
     prepared = triage.prepare(cand, hash_images=True, set_aside=True)
 
     assert prepared.state == "vanished" and prepared.image_hash is None
+
+
+def test_while_the_folders_are_walked_progress_shows_the_walk_and_no_total_or_eta():
+    from analyzer.progress import PluginStats, Reporter, RunStats
+
+    stats = RunStats(images=4240)
+    stats.plugins["metadata"] = PluginStats(planned=4240, done=3840, first_done_at=0.0)
+    reporter = Reporter(stats, mode="plain", heartbeat=0)
+
+    stats.walk_started = 8.0
+    walking = reporter.plain_lines(now=10.0)
+    stats.walk_started = None
+    walked = reporter.plain_lines(now=10.0)
+
+    assert walking == ["walk: 4240 images found so far, 2120/s", "progress metadata: 3840/4240+ done, 0 failed, 384.0/s, ETA -"]
+    assert walked == ["progress metadata: 3840/4240 done, 0 failed, 384.0/s, ETA 0:00:01"]
+
+
+def test_console_lines_keep_their_time_and_colour_no_part_of_a_number(tmp_path):
+    import io
+    import logging
+    import re
+
+    from rich.console import Console
+
+    from analyzer.logs import setup_logging
+
+    setup_logging("INFO", tmp_path / "log.jsonl", rich_console=True)
+    try:
+        handler = next(h for h in logging.getLogger().handlers if type(h).__name__ == "RichHandler")
+        out = io.StringIO()
+        handler.console = Console(file=out, force_terminal=True, width=200)  # type: ignore[attr-defined]
+        logging.getLogger("analyzer").info("finished in 2.6s, peak RSS 412 MB")
+        logging.getLogger("httpx").info('HTTP Request: POST http://127.0.0.1:1/v1/chat/completions "200 OK"')
+        logging.getLogger("httpx").warning("a library warning still shows")
+    finally:
+        setup_logging("INFO")
+
+    text = out.getvalue()
+    assert re.search(r"\d\d:\d\d:\d\d", text)  # a timestamp on every line
+    assert "finished in 2.6s, peak RSS 412 MB" in text  # no colour codes inside the numbers
+    assert "HTTP Request" not in text and "a library warning still shows" in text
+    assert "HTTP Request: POST" in (tmp_path / "log.jsonl").read_text()  # the file keeps everything

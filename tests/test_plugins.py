@@ -103,6 +103,23 @@ def test_a_plugin_missing_its_extra_says_what_to_install(cli, ten_images, echo, 
     assert (ten_images / "img00.png.echo.json").exists()
 
 
+def test_status_says_which_plugin_cannot_run_here_and_how_to_install_it(cli, ten_images, echo, extra_plugins):
+    cli("run", ten_images, "--plugins", "echo")
+
+    table = cli("status", ten_images, "--plugins", "echo,needsextra")
+    as_json = json.loads(cli("status", ten_images, "--plugins", "echo,needsextra", "--json").out)
+
+    assert table.code == 0
+    assert (
+        "needsextra cannot run on this machine (needs module_that_is_not_installed_anywhere: "
+        "pip install 'analyzer[needsextra]'): its 10 missing items stay missing until then" in table.out
+    )
+    assert as_json["cannot_run"] == {
+        "needsextra": "needs module_that_is_not_installed_anywhere: pip install 'analyzer[needsextra]'"
+    }
+    assert "cannot run" not in cli("status", ten_images, "--plugins", "echo").out
+
+
 def test_exit_codes_follow_one_rule_refused_before_any_work_is_2_something_not_done_is_1(
     cli, ten_images, echo, extra_plugins
 ):

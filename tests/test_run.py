@@ -280,3 +280,55 @@ def test_status_failed_lists_each_failed_item_with_its_error(cli, sd_images):
         ("image", "ImageError", False),
         ("prompt", "ImageError", False),
     }
+
+
+def test_a_single_image_file_is_analysed_in_its_folder_as_a_folder_run_would(cli, tmp_path):
+    folder = tmp_path / "downloads"
+    a1111_png(folder / "one.png", "a red fox in the snow")
+    make_image(folder / "other.png")
+
+    outcome = cli("run", folder / "one.png")
+
+    assert outcome.code == 0, outcome.log
+    assert result(folder / "one.png", "prompt")
+    assert not (folder / "other.png.metadata.json").exists()  # only the file named
+    assert (folder / ".analyzer").is_dir()  # the file's own folder became its root
+    before = sidecar(folder / "one.png")
+    again = cli("run", folder)
+    assert "1 already up to date" in again.log  # the index row is the folder run's own
+    assert sidecar(folder / "one.png") == before
+
+
+def test_a_single_image_file_belongs_to_the_nearest_enclosing_root(cli, tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_image(root / "2024" / "may" / "a.png")
+    cli("run", root)  # root has a state folder now
+    make_image(root / "2024" / "may" / "new.png")
+
+    outcome = cli("run", root / "2024" / "may" / "new.png")
+
+    assert outcome.code == 0, outcome.log
+    assert (root / "2024" / "may" / "new.png.metadata.json").exists()
+    assert not (root / "2024" / "may" / ".analyzer").exists()  # no second root inside the first
+    assert "2 already up to date" in cli("run", root).log
+    status = json.loads(cli("status", root / "2024" / "may" / "new.png", "--json").out)
+    assert status["images"] == 1
+
+    configured = tmp_path / "configured"
+    make_image(configured / "sub" / "b.png")
+    monkeypatch.setenv("ANALYZER_ROOTS", str(configured))
+    cli("run", configured / "sub" / "b.png")
+    assert (configured / ".analyzer").is_dir() and not (configured / "sub" / ".analyzer").exists()
+
+
+def test_a_path_that_is_no_image_is_refused_before_any_work(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+
+    not_image = cli("run", tmp_path / "notes.txt")
+    absent = cli("run", tmp_path / "gone.png")
+    watched = cli("watch", make_image(tmp_path / "a.png"))
+
+    assert not_image.code == 2 and "notes.txt is not an image file (names ending in .bmp" in not_image.err
+    assert absent.code == 2 and "gone.png does not exist" in absent.err
+    assert watched.code == 2 and "a.png is not a folder" in watched.err
+    assert not (tmp_path / ".analyzer").exists()

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,36 @@ CAPTION_MODELS = {
     "git-large-coco": "microsoft/git-large-coco",
 }
 CaptionModel = Literal["blip-base", "blip-large", "blip2-2.7b", "blip2-flan-t5-xl", "git-large-coco"]
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE=1`` (or huggingface_hub's offline mode already on in this process)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    hub = sys.modules.get("huggingface_hub.constants")
+    return bool(hub is not None and hub.HF_HUB_OFFLINE)
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one TCP connection), or None when it can.
+
+    Without this check, an offline machine spends about 25 s in huggingface_hub's retries before
+    it falls back to the local cache. Behind a proxy the check is skipped (the proxy decides).
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}: {exc.strerror or exc}"
 
 
 def default_cache_dir() -> Path:
@@ -190,11 +221,10 @@ class ClipPlugin(AnalyzerPlugin):
             return "mps"
         return "cpu"
 
-    def _config(self, device: str) -> Any:
+    def _config(self, device: str, offline: bool) -> Any:
         from clip_interrogator import Config
 
         o = self.opts
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         config = Config(
             clip_model_name=o.clip_model,
             clip_model_path=str(o.model_dir) if o.model_dir else None,
@@ -219,14 +249,36 @@ class ClipPlugin(AnalyzerPlugin):
             config.caption_processor = self.preloaded.caption_processor
         return config
 
+    def _go_offline_if_unreachable(self) -> bool:
+        """True when the hub is not to be asked (offline); switches huggingface_hub to its offline
+        mode when the hub cannot be reached, so cached weights load at once and missing ones fail at once."""
+        if hub_offline():
+            return True
+        why = hub_unreachable()
+        if why is None:
+            return False
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and transformers
+        log.info(
+            "the Hugging Face hub cannot be reached (%s): weights come from the local cache only "
+            "(HF_HUB_OFFLINE=1 skips this check)",
+            why,
+        )
+        return True
+
     def _load(self) -> Any:
         import torch
         from clip_interrogator import Interrogator
 
+        from analyzer.logs import route_library_logs
+
         from .engine import FastInterrogator
 
+        route_library_logs()  # transformers and huggingface_hub would print every warning twice
+        offline = self._go_offline_if_unreachable()
         device = self._device()
-        config = self._config(device)
+        config = self._config(device, offline)
         o = self.opts
         log.info(
             "loading CLIP model %s and caption model %s on %s (label embeddings cached in %s)",
@@ -244,7 +296,7 @@ class ClipPlugin(AnalyzerPlugin):
                 "ANALYZER_CLIP__LOW_VRAM=true, a smaller model, or ANALYZER_CLIP__DEVICE=cpu",
             ) from exc
         except Exception as exc:  # missing weights, unknown names, no network: say what to do
-            raise PluginUnavailable(self.name, self._load_advice(exc)) from exc
+            raise PluginUnavailable(self.name, self.load_advice(exc, offline)) from exc
         if device == "cuda" and not o.fp16:
             interrogator.dtype = torch.float32
             interrogator.clip_model = interrogator.clip_model.float()
@@ -252,20 +304,43 @@ class ClipPlugin(AnalyzerPlugin):
                 interrogator.caption_model = interrogator.caption_model.float()
         return FastInterrogator(interrogator, prefix_cache=o.prefix_cache)
 
-    def _load_advice(self, exc: BaseException) -> str:
+    def load_advice(self, exc: BaseException, offline: bool) -> str:
+        """One message: what failed, where weights were looked for, the commands that fetch them."""
         o = self.opts
         arch, _, pretrained = o.clip_model.partition("/")
-        hub = CAPTION_MODELS.get(o.caption_model or "", "")
-        where = o.model_dir or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        where = o.model_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        cache_flag = f" --cache-dir {o.model_dir}" if o.model_dir else ""
+        fetch = []
+        try:
+            import open_clip
+
+            clip_repo = (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("hf_hub", "")
+        except Exception:  # an unknown architecture: the names are what to check
+            clip_repo = ""
+        if clip_repo:
+            fetch.append(f"hf download {clip_repo.rstrip('/')}{cache_flag}")
+        else:
+            fetch.append(
+                f"python -c \"import open_clip; open_clip.create_model_and_transforms('{arch}', "
+                f"pretrained='{pretrained}')\""
+            )
+        caption_repo = CAPTION_MODELS.get(o.caption_model or "", "")
+        if caption_repo:
+            fetch.append(f"hf download {caption_repo}")
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return (
-            f"cannot load CLIP model {o.clip_model!r} or caption model {o.caption_model!r} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            f"Weights are looked up in {where}. With network access, download them once: "
-            f"python -c \"import open_clip; open_clip.create_model_and_transforms('{arch}', "
-            f"pretrained='{pretrained}')\" and huggingface-cli download {hub}; "
-            f"check the names (open_clip.list_pretrained() lists CLIP models); "
-            f"label embeddings are cached in {o.cache_dir}."
-        )
+            f"cannot load CLIP model {o.clip_model!r}"
+            + (f" or caption model {o.caption_model!r}" if o.caption_model else "")
+            + f" ({type(exc).__name__}: {first_line}). Weights are looked up in {where}"
+            + (" only (offline)" if offline else "")
+            + f"; with network access, download them once: {' and '.join(fetch)} "
+            "(open_clip.list_pretrained() lists the CLIP model names). "
+            + (
+                ""
+                if os.environ.get("HF_HUB_OFFLINE")
+                else "On a machine without network, HF_HUB_OFFLINE=1 makes this fail at once."
+            )
+        ).rstrip()
 
     async def setup(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="analyzer-clip")

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LlmOptions", "LlmPlugin", "PromptOptions", "ProviderOptions"]
 
-TEMPLATES = Path(__file__).parent / "prompts"
+TEMPLATES = Path(__file__).parent / "shipped-prompts"  # config/prompts (a link: not a package name)
 DEFAULT_MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "openai-compatible": "llava"}
 
 
