@@ -19,36 +19,17 @@ pytest.importorskip("anthropic", reason="the llm extra is not installed")
 from PIL import Image
 
 from analyzer_llm import Budget
-from analyzer_llm.testing import FakeProvider, Reply, fake_provider
+from analyzer_llm.testing import FakeProvider, Reply, answer_shipped_templates, fake_provider, prompt_of
 
 from conftest import a1111_png, make_image, sidecar
 
 KEY = "sk-test-0123456789abcdef-secret"
 
 
-def prompt_of(body: dict[str, Any]) -> str:
-    if "messages" in body and body["messages"] and body["messages"][-1]["role"] == "user":
-        content = body["messages"][-1]["content"]
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def by_mode(body: dict[str, Any]) -> Reply:
-    """Answer each shipped template in its expected shape."""
-    prompt = prompt_of(body)
-    if '{"tags"' in prompt:
-        return Reply(text='```json\n{"tags": ["fox", "snow", "winter"]}\n```')
-    if "negative prompt" in prompt:
-        return Reply(text="blurry, lowres")
-    if "Stable Diffusion prompt" in prompt:
-        return Reply(text="a red fox in snow,\n masterpiece")
-    return Reply(text="A red fox stands in fresh snow.")
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeProvider]:
     with fake_provider() as server:
-        server.answer = by_mode
+        server.answer = answer_shipped_templates
         yield server
 
 

@@ -109,7 +109,10 @@ def test_while_the_folders_are_walked_progress_shows_the_walk_and_no_total_or_et
     stats.walk_started = None
     walked = reporter.plain_lines(now=10.0)
 
-    assert walking == ["walk: 4240 images found so far, 2120/s", "progress metadata: 3840/4240+ done, 0 failed, 384.0/s, ETA -"]
+    assert walking == [
+        "walk: 4240 images found so far, 2120/s",
+        "progress metadata: 3840/4240+ done, 0 failed, 384.0/s, ETA -",
+    ]
     assert walked == ["progress metadata: 3840/4240 done, 0 failed, 384.0/s, ETA 0:00:01"]
 
 

@@ -155,6 +155,26 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def prompt_of(body: dict[str, Any]) -> str:
+    """The text of a request's last user message (OpenAI or Anthropic shape)."""
+    if "messages" in body and body["messages"] and body["messages"][-1]["role"] == "user":
+        content = body["messages"][-1]["content"]
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def answer_shipped_templates(body: dict[str, Any]) -> Reply:
+    """Answer each shipped template in its expected shape (set as :attr:`FakeProvider.answer`)."""
+    prompt = prompt_of(body)
+    if '{"tags"' in prompt:
+        return Reply(text='```json\n{"tags": ["fox", "snow", "winter"]}\n```')
+    if "negative prompt" in prompt:
+        return Reply(text="blurry, lowres")
+    if "Stable Diffusion prompt" in prompt:
+        return Reply(text="a red fox in snow,\n masterpiece")
+    return Reply(text="A red fox stands in fresh snow.")
+
+
 @contextmanager
 def fake_provider() -> Iterator[FakeProvider]:
     fake = FakeProvider()
