@@ -1,0 +1,374 @@
+"""Image embeddings, computed once per (content hash, model) and kept in the root's state folder.
+
+Layout: ``<state folder>/embeddings/<model slug>/`` holds ``model.json`` (the model id and the
+vector length) and shards, each a pair of NumPy ``.npy`` files written by one process at once:
+``<shard>.vec.npy`` (``float32``, one row per image) and ``<shard>.keys.npy`` (32-byte keys, the
+SHA-256 of the content hash text, in the same order). A shard counts once its keys file exists:
+it is written last, to a temporary name, fsynced and renamed, so readers never see half a shard
+and writers never wait for each other (every process writes shards of its own). These files are
+not the index's: deleting the index (a cache) leaves them; deleting them only costs time.
+
+Memory stays bounded at millions of images: the keys of every shard are held (32 bytes and
+8 bytes of position per image: 40 MB at a million), vectors are read from disk with ``pread``
+as they are asked for, never mapped or loaded whole, and :meth:`ModelEmbeddings.chunks` streams
+them. Many small shards are merged into one (:meth:`ModelEmbeddings.compact`, under a lock, the
+old shards removed after the new one is in place; duplicate keys from two processes are kept once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Matrix = npt.NDArray[np.float32]
+
+log = logging.getLogger("analyzer")
+
+KEY_BYTES = 32
+COMPACT_AT = 32
+"""Shards of one model beyond which a writer merges them into one."""
+ABANDONED_AFTER = 3600.0
+"""A vector file without its keys file this old (seconds) is a writer that died: removed on compaction."""
+
+
+def key_of(content_hash: str) -> bytes:
+    """The 32-byte key of a content hash (``"sha256:…"``, or any other algorithm's text)."""
+    return hashlib.sha256(content_hash.encode()).digest()
+
+
+def slug(model_id: str) -> str:
+    """A folder name for a model id (``ViT-B-32/openai`` -> ``ViT-B-32_openai-<hash6>``)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._")[:80]
+    return f"{readable}-{hashlib.sha256(model_id.encode()).hexdigest()[:6]}"
+
+
+@dataclass(frozen=True)
+class _Shard:
+    name: str
+    vec: Path
+    rows: int
+    offset: int
+    """Where the rows begin in the vector file (after the .npy header)."""
+
+
+class ModelEmbeddings:
+    """The embeddings of one model in one root. Thread-safe; safe with other processes."""
+
+    def __init__(self, folder: Path, model_id: str, *, read_only: bool = False) -> None:
+        import numpy as np
+
+        self.folder = folder
+        self.model_id = model_id
+        self.read_only = read_only
+        self.dim: int | None = None
+        self._lock = threading.RLock()
+        self._listed: frozenset[str] = frozenset()
+        self._shards: list[_Shard] = []
+        self._keys = np.empty(0, dtype=f"S{KEY_BYTES}")
+        self._where = np.empty((0, 2), dtype=np.int64)  # (shard number, row), in the order of _keys
+        self._pending_keys: list[bytes] = []
+        self._pending_rows: list[Matrix] = []
+        self._pending: dict[bytes, int] = {}
+        self._written = 0
+        meta = folder / "model.json"
+        with contextlib.suppress(OSError, ValueError):
+            self.dim = int(json.loads(meta.read_text())["dim"])
+        self.refresh()
+
+    # -- reading -------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Take in shards other processes have written since (cheap when there are none)."""
+        import numpy as np
+
+        try:
+            names = frozenset(
+                p.name[: -len(".keys.npy")] for p in os.scandir(self.folder) if p.name.endswith(".keys.npy")
+            )
+        except FileNotFoundError:
+            names = frozenset()
+        with self._lock:
+            if names == self._listed:
+                return
+            shards: list[_Shard] = []
+            keys: list[Any] = []
+            where: list[Any] = []
+            for name in sorted(names):
+                try:
+                    shard_keys = np.load(self.folder / f"{name}.keys.npy")
+                    vec = self.folder / f"{name}.vec.npy"
+                    with vec.open("rb") as handle:
+                        version = np.lib.format.read_magic(handle)
+                        read_header = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, dtype = read_header(handle)
+                        offset = handle.tell()
+                except (OSError, ValueError) as exc:  # removed by a compaction meanwhile, or damaged
+                    log.debug("embedding shard %s skipped: %s", name, exc)
+                    continue
+                if dtype != np.float32 or len(shape) != 2 or shape[0] != len(shard_keys):
+                    log.warning("embedding shard %s in %s is damaged: ignored", name, self.folder)
+                    continue
+                if self.dim is None:
+                    self.dim = int(shape[1])
+                if shape[1] != self.dim:
+                    log.warning("embedding shard %s has %d dimensions, not %d: ignored", name, shape[1], self.dim)
+                    continue
+                number = len(shards)
+                shards.append(_Shard(name, vec, int(shape[0]), offset))
+                keys.append(shard_keys.astype(f"S{KEY_BYTES}"))
+                where.append(np.stack([np.full(len(shard_keys), number), np.arange(len(shard_keys))], axis=1))
+            all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=f"S{KEY_BYTES}")
+            all_where = np.concatenate(where) if where else np.empty((0, 2), dtype=np.int64)
+            order = np.argsort(all_keys, kind="stable")
+            self._shards, self._keys, self._where = shards, all_keys[order], all_where[order]
+            self._listed = names
+
+    def __len__(self) -> int:
+        import numpy as np
+
+        with self._lock:
+            return len(np.unique(self._keys)) + sum(1 for k in self._pending if not self._has_stored(k))
+
+    def _has_stored(self, key: bytes) -> bool:
+        import numpy as np
+
+        i = int(np.searchsorted(self._keys, key))
+        return i < len(self._keys) and bytes(self._keys[i]) == key
+
+    def missing(self, hashes: Sequence[str]) -> list[str]:
+        """The content hashes that have no embedding yet (after taking in others' new shards)."""
+        missing = self._missing(hashes)
+        if missing:
+            self.refresh()
+            missing = self._missing(missing)
+        return missing
+
+    def _missing(self, hashes: Sequence[str]) -> list[str]:
+        with self._lock:
+            return [h for h in hashes if not ((k := key_of(h)) in self._pending or self._has_stored(k))]
+
+    def get(self, hashes: Sequence[str]) -> list[Matrix | None]:
+        """The embedding of each content hash (a ``float32`` vector), or None where there is none."""
+        if self._missing(hashes):
+            self.refresh()
+        out: list[Matrix | None] = []
+        for content_hash in hashes:
+            out.append(self._get_one(key_of(content_hash)))
+        return out
+
+    def _get_one(self, key: bytes, retried: bool = False) -> Matrix | None:
+        import numpy as np
+
+        with self._lock:
+            if key in self._pending:
+                return self._pending_rows[self._pending[key]].copy()
+            i = int(np.searchsorted(self._keys, key))
+            if i >= len(self._keys) or bytes(self._keys[i]) != key or self.dim is None:
+                return None
+            number, row = (int(v) for v in self._where[i])
+            shard, dim = self._shards[number], self.dim
+        try:
+            with shard.vec.open("rb") as handle:
+                data = os.pread(handle.fileno(), dim * 4, shard.offset + row * dim * 4)
+        except FileNotFoundError:  # merged by a compaction meanwhile: the new shard has it
+            if retried:
+                return None
+            self.refresh()
+            return self._get_one(key, retried=True)
+        return np.frombuffer(data, dtype=np.float32).copy()
+
+    def chunks(self, rows: int = 65536) -> Iterator[tuple[Any, Matrix]]:
+        """Every stored embedding once, ``rows`` at a time: (keys, matrix); memory stays at one chunk."""
+        import numpy as np
+
+        self.refresh()
+        with self._lock:
+            shards, dim = list(self._shards), self.dim
+        if dim is None:
+            return
+        seen: set[bytes] = set()
+        for shard in shards:
+            try:
+                keys = np.load(self.folder / f"{shard.name}.keys.npy")
+                with shard.vec.open("rb") as handle:
+                    for start in range(0, shard.rows, rows):
+                        n = min(rows, shard.rows - start)
+                        data = os.pread(handle.fileno(), n * dim * 4, shard.offset + start * dim * 4)
+                        block = np.frombuffer(data, dtype=np.float32).reshape(n, dim)
+                        block_keys = keys[start : start + n]
+                        fresh = np.array([bytes(k) not in seen for k in block_keys], dtype=bool)
+                        if len(shards) > 1:
+                            seen.update(bytes(k) for k in block_keys)
+                        if fresh.any():
+                            yield block_keys[fresh], block[fresh]
+            except FileNotFoundError:
+                continue  # merged meanwhile: its rows are in the merged shard, listed next time
+
+    # -- writing -------------------------------------------------------------------------
+    def put(self, hashes: Sequence[str], vectors: Matrix) -> None:
+        """Keep embeddings (one row per content hash); they are written by :meth:`flush`."""
+        import numpy as np
+
+        if self.read_only:
+            return
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[0] != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes but vectors of shape {matrix.shape}")
+        with self._lock:
+            if self.dim is None:
+                self.dim = int(matrix.shape[1])
+            if matrix.shape[1] != self.dim:
+                raise ValueError(f"vectors of {matrix.shape[1]} dimensions; {self.model_id} has {self.dim}")
+            for content_hash, row in zip(hashes, matrix, strict=True):
+                key = key_of(content_hash)
+                if key in self._pending or self._has_stored(key):
+                    continue
+                self._pending[key] = len(self._pending_rows)
+                self._pending_keys.append(key)
+                self._pending_rows.append(row)
+
+    def flush(self) -> None:
+        """Write what :meth:`put` kept as one new shard (atomically); merge shards when there are many."""
+        import numpy as np
+
+        with self._lock:
+            if not self._pending_keys or self.read_only or self.dim is None:
+                return
+            keys = np.array(self._pending_keys, dtype=f"S{KEY_BYTES}")
+            rows = np.stack(self._pending_rows).astype(np.float32, copy=False)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write_meta()
+            name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            _save(self.folder / f"{name}.vec.npy", rows)
+            _save(self.folder / f"{name}.keys.npy", keys)  # last: the shard counts from now on
+            self._pending_keys, self._pending_rows, self._pending = [], [], {}
+            self._written += 1
+        self.refresh()
+        if len(self._shards) > COMPACT_AT:
+            self.compact()
+
+    def _write_meta(self) -> None:
+        meta = self.folder / "model.json"
+        if not meta.exists():
+            tmp = self.folder / f".model.json.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
+            tmp.write_text(json.dumps({"model": self.model_id, "dim": self.dim}) + "\n")
+            os.replace(tmp, meta)
+
+    def compact(self) -> bool:
+        """Merge every shard into one (keys kept once); False when another process is at it."""
+        import numpy as np
+
+        if self.read_only:
+            return False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".compact.lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._listed = frozenset()  # list afresh, under the lock
+            self.refresh()
+            with self._lock:
+                shards, dim = list(self._shards), self.dim
+            if len(shards) < 2 or dim is None:
+                return True
+            name = f"{time.time_ns():020d}-{os.getpid()}-merged"
+            vec_tmp = self.folder / f".{name}.vec.npy.tmp"
+            kept: list[Any] = []
+            total = sum(s.rows for s in shards)
+            seen: set[bytes] = set()
+            with vec_tmp.open("wb") as out:
+                header_at = 0
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)}
+                )
+                header_at = out.tell()
+                count = 0
+                for keys, block in self.chunks():
+                    fresh = np.array([bytes(k) not in seen for k in keys], dtype=bool)
+                    seen.update(bytes(k) for k in keys)
+                    out.write(np.ascontiguousarray(block[fresh]).tobytes())
+                    kept.append(keys[fresh])
+                    count += int(fresh.sum())
+                out.seek(0)  # the real row count (duplicates dropped), in a header of the same size
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
+                )
+                if out.tell() != header_at:  # pragma: no cover - header sizes are padded to 64 bytes
+                    raise RuntimeError("embedding shard header changed size")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(vec_tmp, self.folder / f"{name}.vec.npy")
+            _save(self.folder / f"{name}.keys.npy", np.concatenate(kept).astype(f"S{KEY_BYTES}"))
+            for shard in shards:  # readers holding an old shard open keep reading it
+                (self.folder / f"{shard.name}.keys.npy").unlink(missing_ok=True)
+                shard.vec.unlink(missing_ok=True)
+            self._remove_abandoned()
+        self._listed = frozenset()
+        self.refresh()
+        log.debug("merged %d embedding shards of %s into one (%d rows)", len(shards), self.model_id, count)
+        return True
+
+    def _remove_abandoned(self) -> None:
+        now = time.time()
+        for entry in os.scandir(self.folder):
+            name = entry.name
+            orphan = name.endswith(".vec.npy") and not (self.folder / (name[: -len(".vec.npy")] + ".keys.npy")).exists()
+            if (orphan or name.endswith(".tmp")) and now - entry.stat().st_mtime > ABANDONED_AFTER:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _save(path: Path, array: Any) -> None:
+    """``array`` as a ``.npy`` file, written to a temporary name, fsynced and renamed into place."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    with tmp.open("wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class EmbeddingStore:
+    """The embeddings of one root, per model (``<state folder>/embeddings``)."""
+
+    def __init__(self, folder: Path, *, read_only: bool = False) -> None:
+        self.folder = folder
+        self.read_only = read_only
+        self._models: dict[str, ModelEmbeddings] = {}
+        self._lock = threading.Lock()
+
+    def model(self, model_id: str) -> ModelEmbeddings:
+        with self._lock:
+            if model_id not in self._models:
+                self._models[model_id] = ModelEmbeddings(
+                    self.folder / slug(model_id), model_id, read_only=self.read_only
+                )
+            return self._models[model_id]
+
+    def flush(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            model.flush()
