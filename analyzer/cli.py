@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from .errors import (
     EXIT_PIPE,
     AnalyzerError,
     ConfigError,
+    ImageError,
     OutputClosed,
     exit_code,
     exit_for_signal,
@@ -117,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--failed", action="store_true", help="list the failed items instead: image, plugin, mode and error"
     )
     _common(status)
+
+    classify = sub.add_parser(
+        "classify", help="zero-shot classify images into labels (given here, configured, or the concept bank)"
+    )
+    _scan_options(classify)
+    labels = classify.add_mutually_exclusive_group()
+    labels.add_argument("--labels", type=_csv, help="comma-separated labels (an ad hoc label set)")
+    labels.add_argument("--labels-file", type=Path, help="labels, one a line: `label` or `label: prompt | prompt`")
+    labels.add_argument("--set", dest="label_set", metavar="NAME", help="a label set from the settings")
+    labels.add_argument("--bank", action="store_true", help="the bundled concept bank")
+    classify.add_argument("--name", help="store an ad hoc set under this name (default: labels-<hash8>)")
+    classify.add_argument("--multi-label", action="store_true", default=None, help="read as tags, not one label")
+    classify.add_argument("--threshold", type=float, help="multi-label: the similarity a label needs")
+    classify.add_argument("--top-k", type=int, help="labels per image when read (wildcards, summary)")
+    classify.add_argument("--min-confidence", type=float, help="labels below this confidence are left out when read")
+    classify.add_argument("--force", action="store_true", help="classify again what is classified already")
+    classify.add_argument(
+        "--no-store", action="store_true", help="classify the image files given, print JSON, write nothing"
+    )
+    classify.add_argument("--progress", choices=["auto", "bar", "plain"])
+    _common(classify)
 
     config = sub.add_parser("config", help="print the effective settings (secrets masked)")
     _common(config)
@@ -339,6 +362,77 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
+    """``run`` with the classify plugin alone, into the label set the flags name."""
+    settings, mode = classify_settings(settings, args)
+    args.plugins, args.modes = ["classify"], [mode] if mode else None
+    if args.no_store:
+        return _classify_in_memory(settings, args, mode)
+    args.dry_run = args.retry_failed = args.refresh_stale = False
+    return cmd_run(settings, args)
+
+
+def classify_settings(settings: Settings, args: argparse.Namespace) -> tuple[Settings, str | None]:
+    """The settings with the label set the flags give, and its mode (None: every configured set)."""
+    options: dict[str, Any] = dict(settings.plugin_options.get("classify", {}))
+    sets: dict[str, Any] = dict(options.get("labels") or {})
+    spec: dict[str, Any] | None = None
+    mode: str | None = None
+    if args.labels is not None:
+        spec = {"labels": args.labels}
+    elif args.labels_file is not None:
+        spec = {"file": str(args.labels_file)}
+    elif args.bank or (args.label_set is None and not sets):
+        spec, mode = {"bank": True}, args.name or "concepts"
+    elif args.label_set is not None:
+        if args.label_set not in sets:
+            raise ConfigError(f"no label set {args.label_set!r} in the settings; sets: {', '.join(sets) or 'none'}")
+        mode = args.label_set
+        spec = sets[mode] if isinstance(sets[mode], dict) else {"labels": sets[mode]}
+    if spec is not None:
+        spec = dict(spec)
+        if args.multi_label is not None:
+            spec["multi_label"] = args.multi_label
+        if args.threshold is not None:
+            spec["threshold"] = args.threshold
+        if mode is None:
+            text = json.dumps(spec, sort_keys=True)
+            mode = args.name or f"labels-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        sets[mode] = spec
+    options["labels"] = sets
+    for name in ("top_k", "min_confidence"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    plugin_options = dict(settings.plugin_options) | {"classify": options}
+    return settings.model_copy(update={"plugin_options": plugin_options}), mode
+
+
+def _classify_in_memory(settings: Settings, args: argparse.Namespace, mode: str | None) -> int:
+    plugins, _, _, _ = _plugins(settings, args, check_requirements=True)
+    (plugin,) = plugins
+    modes = [mode] if mode else list(plugin.enabled_modes())
+    classify_bytes = getattr(plugin, "classify_bytes")  # noqa: B009 - the classify plugin's own entry point
+
+    async def go() -> dict[str, Any]:
+        await plugin.setup()
+        try:
+            found: dict[str, Any] = {}
+            for path in args.paths:
+                data = path.read_bytes()
+                found[str(path)] = {m: classify_bytes(data, m, settings.max_image_pixels) for m in modes}
+            return found
+        finally:
+            await plugin.close()
+
+    if not args.paths or not all(p.is_file() for p in args.paths):
+        raise ConfigError("--no-store classifies image files: name one or more")
+    try:
+        print(json.dumps(asyncio.run(go()), indent=2, ensure_ascii=False))
+    except (ImageError, OSError) as exc:
+        raise ConfigError(f"cannot classify: {exc}") from exc
+    return EXIT_OK
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     plugins, _unavailable = select_plugins(settings, check_requirements=False)
     data = settings.secrets_masked()
@@ -356,6 +450,7 @@ COMMANDS = {
     "status": cmd_status,
     "show": cmd_show,
     "config": cmd_config,
+    "classify": cmd_classify,
 }
 
 
@@ -367,8 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(
             settings.log_level,
             settings.log_file,
-            rich_console=(args.command == "run" and settings.progress == "bar")
-            or (args.command == "run" and settings.progress == "auto" and sys.stderr.isatty()),
+            rich_console=args.command in ("run", "classify")
+            and (settings.progress == "bar" or (settings.progress == "auto" and sys.stderr.isatty())),
         )
         code = COMMANDS[args.command](settings, args)
         sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit

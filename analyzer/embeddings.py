@@ -359,6 +359,13 @@ class EmbeddingStore:
         self._models: dict[str, ModelEmbeddings] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to another process (an image handed to a worker process): the place, not the contents."""
+        return {"folder": self.folder, "read_only": self.read_only}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["folder"], read_only=state["read_only"])  # type: ignore[misc]
+
     def model(self, model_id: str) -> ModelEmbeddings:
         with self._lock:
             if model_id not in self._models:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -169,6 +170,8 @@ class Engine:
         self.stores = [
             Store.open(target.root, self.settings, read_only=self.dry_run, only=target.files) for target in targets
         ]
+        for store in self.stores:
+            store.note_reading_rules(self.plugins)
         self.triage = Triage(
             self.planner,
             self.digesters,
@@ -459,7 +462,13 @@ class Engine:
         if assessed.empty:
             return
         image = ImageRef(
-            cand.path, cand.rel, image_hash, cand.stat[0], cand.stat[1], max_pixels=self.settings.max_image_pixels
+            cand.path,
+            cand.rel,
+            image_hash,
+            cand.stat[0],
+            cand.stat[1],
+            max_pixels=self.settings.max_image_pixels,
+            embeddings=cand.store.embeddings,
         )
         for name in self.planner.order:
             todo = assessed.todo.get(name)
@@ -503,9 +512,7 @@ class Engine:
                     used = {s.text: values[s.text] for s in wanted}
                     contexts[item[0]] = {"digest": context_digest(used), "reads": list(used)}
             items = runnable
-            image = ImageRef(
-                image.path, image.rel_path, image.hash, image.size, image.mtime_ns, values, image.max_pixels
-            )
+            image = dataclasses.replace(image, context=values)
         if not items:
             self._release_waiting(cand.key, name)  # nothing of it will be written: what reads it is dropped too
             self._job_finished(cand.key)

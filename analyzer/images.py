@@ -20,19 +20,21 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default: about 0.18 gigapixels
 
 
 @contextmanager
-def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
-    """Open ``path``, refuse decompression bombs, and decode every pixel.
+def open_image(path: Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """Open ``path`` (or an image file's bytes), refuse decompression bombs, and decode every pixel.
 
     Raises :class:`ImageError` with a plain-language message for empty, truncated, corrupt
     and non-image files, and :class:`ImageTooLarge` for images over ``max_pixels``.
     ``OSError`` for a missing or unreadable file is passed through unchanged.
     """
+    import io
+
     from PIL import Image, UnidentifiedImageError  # imported on first use: warm runs never need it
 
-    if os.stat(path).st_size == 0:
+    if (len(path) if isinstance(path, bytes) else os.stat(path).st_size) == 0:
         raise ImageError("empty file (0 bytes)")
     try:
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own process-wide ceiling (twice its default); the limit asked for is checked below
         raise ImageTooLarge(f"image too large ({exc}); raise max_image_pixels to allow it") from exc

@@ -273,6 +273,29 @@ class Index:
             ),
         )
 
+    def reading_rules(self, plugin: str, digest: str) -> bool:
+        """Note the rules ``plugin`` reads its results with now; when they differ from the last ones
+        noted, its sidecar rows are dropped (their wildcard lines were made under the old rules), so
+        the next walk reads its sidecars again. True when they were dropped."""
+        if self.read_only:
+            return False
+        key = f"rules:{plugin}"
+        with self._lock:
+            self._flush_locked()
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if (row[0] if row else "") == digest:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM sidecars WHERE plugin=?", (plugin,))
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, digest))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.changes += 1
+            return True
+
     def delete_sidecar(self, rel_dir: str, name: str, plugin: str) -> None:
         self._write("DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?", (rel_dir, name, plugin))
 

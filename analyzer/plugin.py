@@ -48,6 +48,8 @@ from .images import DEFAULT_MAX_PIXELS, open_image
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .embeddings import EmbeddingStore
+
 __all__ = [
     "AnalyzerPlugin",
     "Failure",
@@ -79,6 +81,9 @@ class ImageRef:
     text (``{"metadata.prompt": "a cat"}``); a selector with no value maps to ``selector.MISSING``."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels are refused by :meth:`open` (the ``max_image_pixels`` setting)."""
+    embeddings: EmbeddingStore | None = field(default=None, compare=False, hash=False)
+    """The image embeddings of the image's root, per model and content hash (kept in its state
+    folder): a plugin that embeds images looks there first and keeps what it computes."""
 
     @contextmanager
     def open(self) -> Iterator[Image.Image]:
@@ -241,6 +246,11 @@ class AnalyzerPlugin(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`setup` acquired."""
+
+    def reading_rules(self) -> str:
+        """A digest of the options that shape :meth:`wildcard_entries` (thresholds, top-k): when it
+        changes, the plugin's sidecars are read again for the wildcard files; nothing is re-analysed."""
+        return ""
 
     def wildcard_entries(self, mode: str, value: Any) -> Iterable[str]:
         """Text entries a result contributes to the ``<name>_<mode>`` wildcard file."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hosts
 from .discovery import join_rel, wanted_path
+from .embeddings import EmbeddingStore
 from .errors import ConfigError, CorruptSidecar
 from .images import IMAGE_EXTENSIONS, is_image_name
 from .index import INDEX_NAME, Index, SidecarRow
@@ -348,6 +349,9 @@ class Store:
         self.locks = SidecarLocks(state_dir / "locks")
         self.only: tuple[str, ...] | None = None
         """The images (relative paths) a walk of this store looks at; None: every image under the root."""
+        self.embeddings = EmbeddingStore(state_dir / "embeddings")
+        """Image embeddings per model and content hash: apart from the index, never thrown away with it."""
+        """The images (relative paths) a walk of this store looks at; None: every image under the root."""
 
     @classmethod
     def open(
@@ -370,6 +374,7 @@ class Store:
             index = Index.open_for(state / "hosts" / host, f"{key}-{host}")
             store = cls(root, Layout(root, base), index, state, _root_id(state, root), host)
         store.only = tuple(only) if only is not None else None
+        store.embeddings.read_only = read_only
         return store
 
     def __repr__(self) -> str:
@@ -578,9 +583,16 @@ class Store:
         """(plugin, {mode: wildcard entries}) for every indexed sidecar of these plugins, in path order."""
         return self.index.wildcard_rows(plugins)
 
+    def note_reading_rules(self, plugins: Iterable[AnalyzerPlugin]) -> None:
+        """Plugins whose reading rules changed since the last run get their sidecars read again."""
+        for plugin in plugins:
+            if self.index.reading_rules(plugin.name, plugin.reading_rules()):
+                log.info("%s: %s reads its results by new rules: its sidecars are read again", self.root, plugin.name)
+
     def commit(self) -> None:
         self.index.commit()
 
     def close(self) -> None:
+        self.embeddings.flush()
         self.index.close()
         self.locks.close()

@@ -87,6 +87,8 @@ def _survey(
         Store.open(target.root, settings, only=target.files)
         for target in resolve_targets(settings, paths, files=counts is not None)
     ]
+    for store in stores:
+        store.note_reading_rules(plugins)
 
     def look(chunk: list[Candidate]) -> bool:
         for cand in chunk:

@@ -33,7 +33,7 @@ from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CAPTION_MODELS", "ClipOptions", "ClipPlugin"]
+__all__ = ["CAPTION_MODELS", "ClipOptions", "ClipPlugin", "hub_offline", "hub_unreachable", "weights_advice"]
 
 CAPTION_MODELS = {
     "blip-base": "Salesforce/blip-image-captioning-base",
@@ -73,6 +73,47 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
             return None
     except OSError as exc:
         return f"{host}: {exc.strerror or exc}"
+
+
+def weights_advice(
+    clip_model: str, caption_model: str | None, model_dir: Path | None, exc: BaseException, offline: bool
+) -> str:
+    """The one message for models that cannot be loaded: what failed, where weights were looked
+    for, the commands that fetch them, and how an offline machine fails at once."""
+    arch, _, pretrained = clip_model.partition("/")
+    where = model_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    cache_flag = f" --cache-dir {model_dir}" if model_dir else ""
+    fetch = []
+    try:
+        import open_clip
+
+        clip_repo = (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("hf_hub", "")
+    except Exception:  # an unknown architecture: the names are what to check
+        clip_repo = ""
+    if clip_repo:
+        fetch.append(f"hf download {clip_repo.rstrip('/')}{cache_flag}")
+    else:
+        fetch.append(
+            "python -c \"import open_clip; "
+            f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\""
+        )
+    caption_repo = CAPTION_MODELS.get(caption_model or "", "")
+    if caption_repo:
+        fetch.append(f"hf download {caption_repo}")
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (
+        f"cannot load CLIP model {clip_model!r}"
+        + (f" or caption model {caption_model!r}" if caption_model else "")
+        + f" ({type(exc).__name__}: {first_line}). Weights are looked up in {where}"
+        + (" only (offline)" if offline else "")
+        + f"; with network access, download them once: {' and '.join(fetch)} "
+        "(open_clip.list_pretrained() lists the CLIP model names). "
+        + (
+            ""
+            if os.environ.get("HF_HUB_OFFLINE")
+            else "On a machine without network, HF_HUB_OFFLINE=1 makes this fail at once."
+        )
+    ).rstrip()
 
 
 def default_cache_dir() -> Path:
@@ -307,40 +348,7 @@ class ClipPlugin(AnalyzerPlugin):
     def load_advice(self, exc: BaseException, offline: bool) -> str:
         """One message: what failed, where weights were looked for, the commands that fetch them."""
         o = self.opts
-        arch, _, pretrained = o.clip_model.partition("/")
-        where = o.model_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        cache_flag = f" --cache-dir {o.model_dir}" if o.model_dir else ""
-        fetch = []
-        try:
-            import open_clip
-
-            clip_repo = (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("hf_hub", "")
-        except Exception:  # an unknown architecture: the names are what to check
-            clip_repo = ""
-        if clip_repo:
-            fetch.append(f"hf download {clip_repo.rstrip('/')}{cache_flag}")
-        else:
-            fetch.append(
-                f"python -c \"import open_clip; open_clip.create_model_and_transforms('{arch}', "
-                f"pretrained='{pretrained}')\""
-            )
-        caption_repo = CAPTION_MODELS.get(o.caption_model or "", "")
-        if caption_repo:
-            fetch.append(f"hf download {caption_repo}")
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return (
-            f"cannot load CLIP model {o.clip_model!r}"
-            + (f" or caption model {o.caption_model!r}" if o.caption_model else "")
-            + f" ({type(exc).__name__}: {first_line}). Weights are looked up in {where}"
-            + (" only (offline)" if offline else "")
-            + f"; with network access, download them once: {' and '.join(fetch)} "
-            "(open_clip.list_pretrained() lists the CLIP model names). "
-            + (
-                ""
-                if os.environ.get("HF_HUB_OFFLINE")
-                else "On a machine without network, HF_HUB_OFFLINE=1 makes this fail at once."
-            )
-        ).rstrip()
+        return weights_advice(o.clip_model, o.caption_model, o.model_dir, exc, offline)
 
     async def setup(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="analyzer-clip")

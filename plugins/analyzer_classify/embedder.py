@@ -1,0 +1,106 @@
+"""The model boundary of the ``classify`` plugin: images and texts in, unit-length float32 vectors out.
+
+:class:`OpenClipEmbedder` is the real one (open_clip, loaded once per process and model id);
+tests put a small deterministic :class:`Embedder` of their own in its place with :func:`preload`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from PIL import Image
+
+    Matrix = npt.NDArray[np.float32]
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Encodes images and texts into the same space; every row has unit length."""
+
+    model_id: str
+
+    def prepare(self, image: Image.Image) -> Any:
+        """What :meth:`encode_images` takes for one decoded image (a tensor, say); runs in any thread."""
+        ...
+
+    def encode_images(self, prepared: Sequence[Any]) -> Matrix: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Matrix: ...
+
+
+class OpenClipEmbedder:
+    """An open_clip model: ``architecture/pretrained`` (``ViT-B-32/openai``), as clip-interrogator uses it."""
+
+    def __init__(self, model_id: str, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
+        self.model_id = model_id
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self._lock = threading.Lock()  # one forward pass at a time: the model is shared by the process
+
+    def prepare(self, image: Image.Image) -> Any:
+        return self.preprocess(image.convert("RGB"))
+
+    def encode_images(self, prepared: Sequence[Any]) -> Matrix:
+        import torch
+
+        with self._lock, torch.no_grad():
+            batch = torch.stack(list(prepared)).to(self.device)
+            features = self.model.encode_image(batch).float()
+            features /= features.norm(dim=-1, keepdim=True)
+            result: Matrix = features.cpu().numpy()
+            return result
+
+    def encode_texts(self, texts: Sequence[str]) -> Matrix:
+        import torch
+
+        with self._lock, torch.no_grad():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            features = self.model.encode_text(tokens).float()
+            features /= features.norm(dim=-1, keepdim=True)
+            result: Matrix = features.cpu().numpy()
+            return result
+
+    def to_cpu(self) -> None:
+        self.model = self.model.to("cpu")
+        self.device = "cpu"
+
+
+_loaded: dict[tuple[str, str], Embedder] = {}
+_preloaded: dict[str, Embedder] = {}
+_load_lock = threading.Lock()
+
+
+def preload(embedder: Embedder) -> None:
+    """Use ``embedder`` for its model id in this process instead of loading it (tests, embedding apps)."""
+    _preloaded[embedder.model_id] = embedder
+
+
+def forget_preloaded() -> None:
+    _preloaded.clear()
+
+
+def load(model_id: str, device: str, cache_dir: str | None = None) -> Embedder:
+    """The process's one copy of ``model_id`` on ``device``, loaded at the first call. Raises on failure."""
+    if model_id in _preloaded:
+        return _preloaded[model_id]
+    with _load_lock:
+        key = (model_id, device)
+        if key not in _loaded:
+            import open_clip
+
+            arch, _, pretrained = model_id.partition("/")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir
+            )
+            model.eval()
+            _loaded[key] = OpenClipEmbedder(model_id, model, preprocess, open_clip.get_tokenizer(arch), device)
+        return _loaded[key]

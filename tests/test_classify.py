@@ -1,0 +1,217 @@
+"""Zero-shot classification: labels of the user's choosing, on image embeddings computed once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("open_clip", reason="the clip extra is not installed")
+
+import numpy as np
+
+from analyzer.embeddings import EmbeddingStore
+from analyzer_classify import embedder
+from analyzer_classify.testing import ColourEmbedder
+
+from conftest import make_image, result
+
+RED, GREEN, BLUE = (220, 20, 20), (20, 200, 30), (10, 30, 230)
+
+
+@pytest.fixture
+def colours(monkeypatch: pytest.MonkeyPatch) -> Iterator[ColourEmbedder]:
+    """The deterministic embedder in place of open_clip, and a label set ``colours``."""
+    fake = ColourEmbedder()
+    embedder.preload(fake)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__MODEL", fake.model_id)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue")
+    yield fake
+    embedder.forget_preloaded()
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for name, colour in [("poppy.png", RED), ("leaf.png", GREEN), ("sea.jpg", BLUE), ("rose.png", RED)]:
+        make_image(root / name, size=(16, 16), color=colour)
+    return root
+
+
+def test_each_image_gets_every_label_scored_and_the_right_one_on_top(cli, photos, colours):
+    outcome = cli("run", photos, "--plugins", "classify")
+
+    assert outcome.code == 0, outcome.log
+    poppy = result(photos / "poppy.png", "colours", plugin="classify")
+    assert poppy["top"] == "red"
+    assert [e["label"] for e in poppy["labels"]] == ["red", "blue", "green"] or poppy["labels"][0]["label"] == "red"
+    assert {e["label"] for e in poppy["labels"]} == {"red", "green", "blue"}
+    assert abs(sum(e["confidence"] for e in poppy["labels"]) - 1) < 1e-3
+    assert result(photos / "leaf.png", "colours", plugin="classify")["top"] == "green"
+    assert result(photos / "sea.jpg", "colours", plugin="classify")["top"] == "blue"
+
+
+def test_a_new_label_list_costs_no_decode_and_no_image_encode(cli, photos, colours, monkeypatch):
+    cli("run", photos, "--plugins", "classify")
+    assert colours.prepared == 4 and colours.encoded_images == 4
+
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue,grey")
+    outcome = cli("run", photos, "--plugins", "classify")
+
+    assert outcome.code == 0, outcome.log
+    assert "classify: 4 done" in outcome.log  # a changed list is a new result...
+    assert colours.prepared == 4 and colours.encoded_images == 4  # ...made from the stored embeddings
+    doc = json.loads((photos / "poppy.png.classify.json").read_text())
+    assert len(doc["analysis"]["colours"]) == 2  # the old list's result stays beside the new one
+
+
+def test_embeddings_survive_deleting_the_index(cli, photos, colours):
+    cli("run", photos, "--plugins", "classify")
+    for index in (photos / ".analyzer" / "hosts").glob("*/index.sqlite*"):
+        index.unlink()
+
+    outcome = cli("run", photos, "--plugins", "classify", "--force")
+
+    assert outcome.code == 0, outcome.log
+    assert colours.encoded_images == 4  # not one more
+    stored = EmbeddingStore(photos / ".analyzer" / "embeddings").model(colours.model_id)
+    assert len(stored) == 3  # one per content: poppy.png and rose.png are the same picture
+
+
+def test_label_texts_are_encoded_once_per_model_and_prompt(cli, photos, colours, monkeypatch):
+    cli("run", photos, "--plugins", "classify")
+    first = colours.encoded_texts
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__MORE", "red,green,blue,grey")
+
+    cli("run", photos, "--plugins", "classify")
+
+    assert first == 3 * 7  # three labels, seven templates
+    assert colours.encoded_texts == first + 7  # only grey's prompts are new
+
+
+def test_thresholds_are_applied_when_read_so_changing_one_needs_no_run(cli, tmp_path, colours, monkeypatch):
+    root = tmp_path / "reds"
+    make_image(root / "poppy.png", size=(16, 16), color=RED)
+    cli("run", root, "--plugins", "classify")
+    wildcards = root / "wildcards" / "classify_colours.txt"
+    assert sorted(wildcards.read_text().split()) == ["blue", "green", "red"]  # the top 3 (top_k's default)
+
+    monkeypatch.setenv("ANALYZER_CLASSIFY__MIN_CONFIDENCE", "0.5")
+    cli("wildcards", root, "--plugins", "classify")
+    assert wildcards.read_text().split() == ["red"]
+
+    monkeypatch.delenv("ANALYZER_CLASSIFY__MIN_CONFIDENCE")
+    monkeypatch.setenv("ANALYZER_CLASSIFY__TOP_K", "2")
+    cli("wildcards", root, "--plugins", "classify")
+    assert len(wildcards.read_text().split()) == 2
+    assert colours.prepared == 1 and colours.encoded_images == 1  # nothing was classified again
+
+
+def test_multi_label_tags_each_label_above_its_threshold(cli, tmp_path, colours, monkeypatch):
+    root = tmp_path / "mixed"
+    make_image(root / "purple.png", size=(16, 16), color=(200, 10, 210))  # red and blue
+    monkeypatch.delenv("ANALYZER_CLASSIFY__LABELS__COLOURS")
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS__LABELS", "red,green,blue")
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS__MULTI_LABEL", "true")
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS__THRESHOLD", "0.6")
+
+    cli("run", root, "--plugins", "classify")
+
+    assert sorted((root / "wildcards" / "classify_colours.txt").read_text().split()) == ["blue", "red"]
+
+
+def test_an_unreadable_image_fails_alone(cli, photos, colours):
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    outcome = cli("run", photos, "--plugins", "classify")
+
+    assert outcome.code == 1
+    assert result(photos / "poppy.png", "colours", plugin="classify")["top"] == "red"
+    assert "broken.png" in outcome.log
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [("red,green,red", "labels given more than once: red"), ("", "an empty label set")],
+)
+def test_an_empty_or_duplicated_label_list_is_a_clear_error(cli, photos, colours, monkeypatch, labels, message):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", labels)
+
+    outcome = cli("run", photos, "--plugins", "classify")
+
+    assert outcome.code == 2 and message in outcome.err
+    assert not list(photos.glob("*.json"))
+
+
+def test_the_real_open_clip_code_with_a_tiny_random_model(cli, photos, monkeypatch):
+    from analyzer_clip.testing import tiny_clip
+
+    import open_clip
+
+    model, preprocess = tiny_clip()
+    real = embedder.OpenClipEmbedder(
+        "tiny-clip-test/random", model, preprocess, open_clip.get_tokenizer("ViT-B-32"), "cpu"
+    )
+    embedder.preload(real)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__MODEL", real.model_id)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__ANIMALS", "dog,cat,tiger")
+    try:
+        outcome = cli("run", photos, "--plugins", "classify")
+    finally:
+        embedder.forget_preloaded()
+
+    assert outcome.code == 0, outcome.log
+    poppy = result(photos / "poppy.png", "animals", plugin="classify")
+    assert {e["label"] for e in poppy["labels"]} == {"dog", "cat", "tiger"}
+    stored = EmbeddingStore(photos / ".analyzer" / "embeddings").model(real.model_id)
+    (vector,) = stored.get([json.loads((photos / "poppy.png.classify.json").read_text())["file_info"]["hash"]])
+    assert vector is not None and vector.shape == (32,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    with (photos / "poppy.png").open("rb"):
+        from PIL import Image
+
+        direct = real.encode_images([real.prepare(Image.open(photos / "poppy.png"))])[0]
+    assert np.allclose(vector, direct, atol=1e-6)
+
+
+def test_analyzer_classify_takes_labels_on_the_command_line(cli, photos, colours, monkeypatch):
+    monkeypatch.delenv("ANALYZER_CLASSIFY__LABELS__COLOURS")
+
+    outcome = cli("classify", photos, "--labels", "red,green,blue", "--name", "hues")
+
+    assert outcome.code == 0, outcome.log
+    assert result(photos / "sea.jpg", "hues", plugin="classify")["top"] == "blue"
+    assert "classify hues: red 2, green 1, blue 1" in outcome.log
+    unnamed = cli("classify", photos, "--labels", "blue,red")
+    doc = json.loads((photos / "sea.jpg.classify.json").read_text())
+    assert unnamed.code == 0 and [m for m in doc["analysis"] if m.startswith("labels-")]  # labels-<hash8>
+    assert colours.encoded_images == 4  # two label sets, each image encoded once
+
+
+def test_classify_without_storing_prints_the_labels_and_writes_nothing(cli, photos, colours):
+    outcome = cli("classify", photos / "leaf.png", "--labels", "red,green,blue", "--no-store")
+
+    assert outcome.code == 0, outcome.err
+    found = json.loads(outcome.out)
+    (by_set,) = found.values()
+    (value,) = by_set.values()
+    assert value["top"] == "green"
+    assert not list(photos.glob("*.json")) and not (photos / ".analyzer").exists()
+    refused = cli("classify", photos / "nope.png", "--labels", "a,b", "--no-store")
+    assert refused.code == 2
+
+
+def test_in_memory_classification_of_bytes(colours, photos):
+    from analyzer_classify import ClassifyOptions, ClassifyPlugin
+
+    from analyzer.errors import ImageError
+
+    plugin = ClassifyPlugin(ClassifyOptions(model=colours.model_id, labels={"colours": ["red", "green", "blue"]}))
+    plugin.embedder = colours
+
+    value = plugin.classify_bytes((photos / "poppy.png").read_bytes(), "colours")
+
+    assert value["top"] == "red" and len(value["labels"]) == 3
+    with pytest.raises(ImageError):
+        plugin.classify_bytes(b"not an image", "colours")
