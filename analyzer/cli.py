@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, corrections
 from .engine import Engine, stop_on_signals
 from .errors import (
     EXIT_FAILURES,
@@ -140,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("--progress", choices=["auto", "bar", "plain"])
     _common(classify)
+
+    label = sub.add_parser("label", help="correct a classification by hand: it wins over the model's")
+    actions = label.add_subparsers(dest="action", required=True)
+    put = actions.add_parser("set", help="give IMAGE the label LABEL in a label set")
+    put.add_argument("image", type=Path, metavar="IMAGE")
+    put.add_argument("label", metavar="LABEL")
+    clear = actions.add_parser("clear", help="remove IMAGE's hand-given label (the model's counts again)")
+    clear.add_argument("image", type=Path, metavar="IMAGE")
+    imported = actions.add_parser("import", help="labels from a CSV file with a header: path,label[,set]")
+    imported.add_argument("csv", type=Path, metavar="CSV")
+    for action in (put, clear, imported):
+        action.add_argument("--set", dest="label_set", metavar="NAME", help="the label set (default: the only one)")
+        action.add_argument("--sidecar-dir", type=Path, help="sidecars are in this mirrored tree")
+        _common(action)
 
     config = sub.add_parser("config", help="print the effective settings (secrets masked)")
     _common(config)
@@ -433,6 +447,23 @@ def _classify_in_memory(settings: Settings, args: argparse.Namespace, mode: str 
     return EXIT_OK
 
 
+def cmd_label(settings: Settings, args: argparse.Namespace) -> int:
+    """Record, remove or import hand-given labels of the classify plugin."""
+    args.plugins = ["classify"]
+    plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
+    (plugin,) = plugins
+    mode: str | None = args.label_set or (plugin.modes[0] if len(plugin.modes) == 1 else None)
+    if args.action == "import":  # a CSV may name the set per row
+        found = corrections.read_csv(args.csv, mode)
+    elif mode is None:
+        raise ConfigError(f"name the label set with --set ({', '.join(plugin.modes) or 'none is configured'})")
+    else:
+        found = [corrections.Correction(args.image, mode, args.label if args.action == "set" else None)]
+    done = corrections.apply(settings, plugin, found)
+    log.info("%d hand-given labels recorded", done)
+    return EXIT_OK
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     plugins, _unavailable = select_plugins(settings, check_requirements=False)
     data = settings.secrets_masked()
@@ -451,6 +482,7 @@ COMMANDS = {
     "show": cmd_show,
     "config": cmd_config,
     "classify": cmd_classify,
+    "label": cmd_label,
 }
 
 

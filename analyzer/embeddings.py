@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("analyzer")
 
 KEY_BYTES = 32
+"""NumPy keeps keys as ``S32``, which drops trailing NUL bytes when read back: compare padded."""
 COMPACT_AT = 32
 """Shards of one model beyond which a writer merges them into one."""
 ABANDONED_AFTER = 3600.0
@@ -152,7 +153,7 @@ class ModelEmbeddings:
         import numpy as np
 
         i = int(np.searchsorted(self._keys, key))
-        return i < len(self._keys) and bytes(self._keys[i]) == key
+        return i < len(self._keys) and bytes(self._keys[i]).ljust(KEY_BYTES, b"\0") == key
 
     def missing(self, hashes: Sequence[str]) -> list[str]:
         """The content hashes that have no embedding yet (after taking in others' new shards)."""
@@ -182,7 +183,7 @@ class ModelEmbeddings:
             if key in self._pending:
                 return self._pending_rows[self._pending[key]].copy()
             i = int(np.searchsorted(self._keys, key))
-            if i >= len(self._keys) or bytes(self._keys[i]) != key or self.dim is None:
+            if i >= len(self._keys) or bytes(self._keys[i]).ljust(KEY_BYTES, b"\0") != key or self.dim is None:
                 return None
             number, row = (int(v) for v in self._where[i])
             shard, dim = self._shards[number], self.dim

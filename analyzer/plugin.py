@@ -247,6 +247,11 @@ class AnalyzerPlugin(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`setup` acquired."""
 
+    def manual_result(self, mode: str, text: str) -> Any:
+        """The result a person's ``text`` stands for (``analyzer label set``): by default the text
+        itself. Raise :class:`~analyzer.errors.ConfigError` for a text the mode cannot take."""
+        return text
+
     def reading_rules(self) -> str:
         """A digest of the options that shape :meth:`wildcard_entries` (thresholds, top-k): when it
         changes, the plugin's sidecars are read again for the wildcard files; nothing is re-analysed."""

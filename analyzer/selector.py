@@ -11,7 +11,8 @@ Examples: ``metadata.prompt``, ``metadata.parameters.seed``, ``llm.tags.tags.0``
    dot is the field path. A text names the stored model id equal to it; failing that, the stored
    ids that start with it and go on with a character other than a letter, digit, ``-``, ``_`` or
    ``.`` (``@openai:gpt-4.1`` names ``openai:gpt-4.1#3fa2c1d0e9ab``, not ``openai:gpt-4.1-mini#…``).
-2. Which model. When several models qualify (no ``@``, or an ``@`` naming several): the first of
+2. Which model. A manual result (model id ``manual``: ``analyzer label set``) wins over every
+   model's. Otherwise, when several models qualify (no ``@``, or an ``@`` naming several): the first of
    ``preferred`` (the models the plugin is configured with now, in its order) that has a result;
    else the result with the newest ``created_at``; on a tie, the model id that sorts first.
 3. Field path. Each segment is a key into an object or a non-negative index into a list. A
@@ -44,6 +45,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = [
+    "MANUAL",
     "MISSING",
     "Analysis",
     "Resolved",
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[a-z0-9_-]+")
+MANUAL = "manual"
+"""The model id of a result a person gave (a corrected label): read before any model's."""
 _FORM = "expected plugin.mode[@model][.field...], e.g. 'metadata.prompt' or 'llm.tags@openai:gpt-4.1-mini.tags'"
 _PLACEHOLDER = re.compile(r"\{(?:(file_name)|([a-z0-9_-]+\.[a-z0-9_-]+[^\s{}]*))\}")
 _ID_CHAR = re.compile(r"[A-Za-z0-9_.-]")
@@ -178,7 +182,7 @@ def _resolved(
 ) -> Resolved | None:
     if not models:
         return None
-    chosen = next((m for m in preferred if m in models), None)
+    chosen = MANUAL if MANUAL in models else next((m for m in preferred if m in models), None)
     if chosen is None:
         chosen = min(models, key=lambda m: (-_created(by_model[m]), m))
     entry = by_model[chosen]

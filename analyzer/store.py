@@ -24,6 +24,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,11 @@ from .errors import ConfigError, CorruptSidecar
 from .images import IMAGE_EXTENSIONS, is_image_name
 from .index import INDEX_NAME, Index, SidecarRow
 from .planner import Planner, item_key
-from .selector import MISSING, Selector, value_digest
+from .selector import MANUAL, MISSING, Selector, value_digest
 from .sidecar import (
     Layout,
     Staged,
+    as_json,
     atomic_write_bytes,
     done_keys,
     dumps,
@@ -78,7 +80,10 @@ class Digester:
         analysis = doc.get("analysis", {})
         wild: dict[str, list[str]] = {}
         for mode in self.plugin.wildcard_modes:
-            for entry in analysis.get(mode, {}).values():
+            by_model = analysis.get(mode, {})
+            if MANUAL in by_model:  # a person's result wins over every model's
+                by_model = {MANUAL: by_model[MANUAL]}
+            for entry in by_model.values():
                 for text in self.plugin.wildcard_entries(mode, entry.get("result")):
                     line = clean_entry(text)
                     if line:
@@ -528,6 +533,33 @@ class Store:
         row = sidecar.digester.row(sidecar.doc, stat)
         rel_dir, _, name = sidecar.rel.rpartition("/")
         self.index.put_sidecar(rel_dir, name, sidecar.digester.plugin.name, row.stat, row)
+
+    def set_manual(self, rel: str, digester: Digester, mode: str, value: Any) -> None:
+        """Record a person's result of ``mode`` for the image (``value`` None removes it), beside the
+        models' results: it wins over them wherever results are read (selectors, wildcards) and
+        stays when they are redone, until the image's content changes. Blocking; raises OSError."""
+        from .hashing import hash_file
+
+        plugin = digester.plugin
+        image_hash, size, mtime_ns = hash_file(self.root / rel)
+        with locked([(self, rel, plugin.name)]):
+            doc, _ = self.read_or_set_aside(rel, plugin.name, set_aside=True)
+            if doc is None or doc["file_info"].get("hash") != image_hash:
+                doc = new_doc(plugin.name, plugin.version)
+                doc["file_info"] = file_info(rel=rel, hash_=image_hash, size=size, mtime_ns=mtime_ns, created_ns=None)
+            by_model = doc["analysis"].setdefault(mode, {})
+            if value is None:
+                by_model.pop(MANUAL, None)
+                if not by_model:
+                    del doc["analysis"][mode]
+            else:
+                when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                by_model[MANUAL] = {"result": as_json(value), "created_at": when, "parameters": {"by": "hand"}}
+            stat = atomic_write_bytes(self.sidecar_path(rel, plugin.name), dumps(doc), self.owner)
+            row = digester.row(doc, stat)
+            rel_dir, _, name = rel.rpartition("/")
+            self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
+            self.index.commit()
 
     def place(self, docs: Mapping[str, dict[str, Any]], rel: str, old: tuple[Store, str] | None = None) -> None:
         """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place.

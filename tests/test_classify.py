@@ -146,9 +146,9 @@ def test_an_empty_or_duplicated_label_list_is_a_clear_error(cli, photos, colours
 
 
 def test_the_real_open_clip_code_with_a_tiny_random_model(cli, photos, monkeypatch):
-    from analyzer_clip.testing import tiny_clip
-
     import open_clip
+
+    from analyzer_clip.testing import tiny_clip
 
     model, preprocess = tiny_clip()
     real = embedder.OpenClipEmbedder(
@@ -203,9 +203,8 @@ def test_classify_without_storing_prints_the_labels_and_writes_nothing(cli, phot
 
 
 def test_in_memory_classification_of_bytes(colours, photos):
-    from analyzer_classify import ClassifyOptions, ClassifyPlugin
-
     from analyzer.errors import ImageError
+    from analyzer_classify import ClassifyOptions, ClassifyPlugin
 
     plugin = ClassifyPlugin(ClassifyOptions(model=colours.model_id, labels={"colours": ["red", "green", "blue"]}))
     plugin.embedder = colours
@@ -215,3 +214,48 @@ def test_in_memory_classification_of_bytes(colours, photos):
     assert value["top"] == "red" and len(value["labels"]) == 3
     with pytest.raises(ImageError):
         plugin.classify_bytes(b"not an image", "colours")
+
+
+def test_a_hand_given_label_wins_everywhere_and_survives_relabelling(cli, photos, colours, monkeypatch):
+    cli("run", photos, "--plugins", "classify")
+
+    outcome = cli("label", "set", photos / "poppy.png", "blue")
+
+    assert outcome.code == 0, outcome.err
+    shown = cli("show", photos / "poppy.png", "classify.colours.top", "--plugins", "classify")
+    assert shown.out.splitlines()[-1] == "classify.colours.top\tblue"
+    monkeypatch.setenv("ANALYZER_CLASSIFY__TOP_K", "1")
+    cli("wildcards", photos, "--plugins", "classify")
+    assert "blue" in (photos / "wildcards" / "classify_colours.txt").read_text().split()
+    cli("run", photos, "--plugins", "classify", "--force")  # the model's result is made again...
+    doc = json.loads((photos / "poppy.png.classify.json").read_text())
+    assert doc["analysis"]["colours"]["manual"]["result"]["top"] == "blue"  # ...the hand's stays
+    assert cli("show", photos / "poppy.png", "classify.colours.top", "--plugins", "classify").out.endswith("blue\n")
+
+    cli("label", "clear", photos / "poppy.png")
+    assert cli("show", photos / "poppy.png", "classify.colours.top", "--plugins", "classify").out.endswith("red\n")
+
+
+def test_hand_given_labels_from_a_csv_and_unknown_labels_refused(cli, photos, colours):
+    sheet = photos / "review.csv"
+    sheet.write_text("path,label\nleaf.png,blue\nsea.jpg,green\n")
+
+    imported = cli("label", "import", sheet)
+    unknown = cli("label", "set", photos / "leaf.png", "purple")
+
+    assert imported.code == 0, imported.err
+    assert cli("show", photos / "sea.jpg", "classify.colours.top", "--plugins", "classify").out.endswith("green\n")
+    assert unknown.code == 2 and "'purple' is not a label of set 'colours'" in unknown.err
+
+
+def test_without_labels_the_bundled_concept_bank_is_used(cli, photos, colours, monkeypatch):
+    from analyzer_classify.concepts import concept_bank
+
+    monkeypatch.delenv("ANALYZER_CLASSIFY__LABELS__COLOURS")
+
+    outcome = cli("classify", photos)
+
+    assert outcome.code == 0, outcome.log
+    value = result(photos / "leaf.png", "concepts", plugin="classify")
+    assert len(value["labels"]) == 50  # store_top of a bank of thousands
+    assert {e["label"] for e in value["labels"]} <= set(concept_bank())

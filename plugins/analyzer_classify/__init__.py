@@ -99,14 +99,14 @@ class LabelSet(BaseModel):
             found += [(label, None) for label in self.labels]
         if self.file is not None:
             found += _read_label_file(self.file)
-        if self.bank:
-            from .concepts import concept_bank
-
-            found += [(label, None) for label in concept_bank()]
         counts = Counter(label.strip().lower() for label, _ in found)
         twice = sorted(label for label, n in counts.items() if n > 1)
         if twice:
             raise ConfigError(f"labels given more than once: {', '.join(twice[:10])}")
+        if self.bank:  # the bank's concepts the user did not name already
+            from .concepts import concept_bank
+
+            found += [(label, None) for label in concept_bank() if label.lower() not in counts]
         if not found:
             raise ConfigError("an empty label set: give labels, a file of labels, or bank = true")
         templates = list(self.templates or default_templates)
@@ -226,6 +226,14 @@ class ClassifyPlugin(AnalyzerPlugin):
         labels = _digest({"labels": names, "own": own, "t": self.opts.temperature, "top": self.opts.store_top})
         templates = _digest(spec.templates or self.opts.templates)
         return (f"{self.opts.model}#labels={labels},templates={templates}",)
+
+    def manual_result(self, mode: str, text: str) -> Any:
+        labels = self.label_prompts(mode)
+        if text not in labels:
+            shown = ", ".join(list(labels)[:20]) + (", …" if len(labels) > 20 else "")
+            raise ConfigError(f"{text!r} is not a label of set {mode!r} ({shown})")
+        entry = {"label": text, "score": 1.0, "confidence": 1.0}
+        return {"top": text, "confidence": 1.0, "labels": [entry], "manual": True}
 
     def reading_rules(self) -> str:
         sets = {name: [spec.multi_label, spec.threshold] for name, spec in self.opts.labels.items()}

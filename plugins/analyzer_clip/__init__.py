@@ -94,7 +94,7 @@ def weights_advice(
         fetch.append(f"hf download {clip_repo.rstrip('/')}{cache_flag}")
     else:
         fetch.append(
-            "python -c \"import open_clip; "
+            'python -c "import open_clip; '
             f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\""
         )
     caption_repo = CAPTION_MODELS.get(caption_model or "", "")
