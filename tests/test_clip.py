@@ -306,3 +306,51 @@ def test_model_ids_name_what_changes_the_output():
     assert plugin.model_ids("best")[0] == "ViT-L-14/openai+blip-large:32(flavors=8-32,inter=2048,chunk=2048)"
     assert plugin.model_ids("negative")[0] == "ViT-L-14/openai(flavors=32,inter=2048,chunk=2048)"
     assert json.dumps(plugin.parameters("fast"))
+
+
+# -- embeddings shared with the classify plugin --------------------------------------------
+
+
+def test_image_features_are_kept_and_shared_with_classify_on_the_same_model(
+    cli, clip_plugin, models, tmp_path, monkeypatch
+):
+    import open_clip
+
+    from analyzer.embeddings import EmbeddingStore
+    from analyzer_classify import embedder
+
+    class CountingEmbedder(embedder.OpenClipEmbedder):
+        images = 0
+
+        def encode_images(self, prepared):  # type: ignore[no-untyped-def]
+            CountingEmbedder.images += len(prepared)
+            return super().encode_images(prepared)
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for seed in range(3):
+        noise_image(seed).save(root / f"{seed}.png")
+    first = cli("run", root, "--plugins", "clip", "--modes", "negative")
+    before = sidecar(root / "0.png", "clip")["analysis"]["negative"]
+
+    stored = EmbeddingStore(root / ".analyzer" / "embeddings").model(models.clip_model_name)
+    again = cli("run", root, "--plugins", "clip", "--modes", "negative", "--force")  # from the stored features
+
+    shared = CountingEmbedder(
+        models.clip_model_name, models.clip_model, models.clip_preprocess, open_clip.get_tokenizer("ViT-B-32"), "cpu"
+    )
+    embedder.preload(shared)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__MODEL", models.clip_model_name)
+    try:
+        classified = cli("classify", root, "--labels", "noise,cat")
+    finally:
+        embedder.forget_preloaded()
+
+    assert first.code == 0 and again.code == 0, first.log + again.log
+    assert len(stored) == 3
+    assert (
+        sidecar(root / "0.png", "clip")["analysis"]["negative"][next(iter(before))]["result"]
+        == next(iter(before.values()))["result"]
+    )
+    assert classified.code == 0, classified.log
+    assert CountingEmbedder.images == 0  # classify used the features the clip plugin kept

@@ -89,7 +89,8 @@ def forget_preloaded() -> None:
 
 
 def load(model_id: str, device: str, cache_dir: str | None = None) -> Embedder:
-    """The process's one copy of ``model_id`` on ``device``, loaded at the first call. Raises on failure."""
+    """The embedder of ``model_id`` on ``device``: the process's one loaded copy of the model (shared
+    with the ``clip`` plugin through :mod:`analyzer_clip.models`). Raises on failure."""
     if model_id in _preloaded:
         return _preloaded[model_id]
     with _load_lock:
@@ -97,10 +98,9 @@ def load(model_id: str, device: str, cache_dir: str | None = None) -> Embedder:
         if key not in _loaded:
             import open_clip
 
-            arch, _, pretrained = model_id.partition("/")
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir
-            )
-            model.eval()
-            _loaded[key] = OpenClipEmbedder(model_id, model, preprocess, open_clip.get_tokenizer(arch), device)
+            from analyzer_clip.models import load_open_clip
+
+            model, preprocess = load_open_clip(model_id, device, cache_dir)
+            tokenizer = open_clip.get_tokenizer(model_id.partition("/")[0])
+            _loaded[key] = OpenClipEmbedder(model_id, model, preprocess, tokenizer, device)
         return _loaded[key]

@@ -318,6 +318,8 @@ class ClipPlugin(AnalyzerPlugin):
 
         route_library_logs()  # transformers and huggingface_hub would print every warning twice
         offline = self._go_offline_if_unreachable()
+        from .models import load_open_clip
+
         device = self._device()
         config = self._config(device, offline)
         o = self.opts
@@ -329,6 +331,9 @@ class ClipPlugin(AnalyzerPlugin):
             o.cache_dir,
         )
         try:
+            if config.clip_model is None:  # the process's one copy, shared with the classify plugin
+                model_dir = str(o.model_dir) if o.model_dir else None
+                config.clip_model, config.clip_preprocess = load_open_clip(o.clip_model, device, model_dir)
             interrogator = Interrogator(config)
         except torch.cuda.OutOfMemoryError as exc:
             raise PluginUnavailable(
@@ -409,15 +414,45 @@ class ClipPlugin(AnalyzerPlugin):
             if state.features is not None and state.caption is not None:
                 state.image = None
 
+    def _stored_features(self, images: list[ImageRef], states: list[_Shared]) -> None:
+        """Image features already in the roots' embedding stores (made by this plugin or by
+        ``classify`` with the same model) are used instead of encoding the image again."""
+        import torch
+
+        model_id = self._clip_name()
+        for image, state in zip(images, states, strict=True):
+            if state.features is None and state.failure is None and image.embeddings is not None and image.hash:
+                (stored,) = image.embeddings.model(model_id).get([image.hash])
+                if stored is not None:
+                    state.features = torch.from_numpy(stored)[None, :].to(self.engine.device, self.engine.ci.dtype)
+
+    def _keep_features(self, images: list[ImageRef], states: list[_Shared]) -> None:
+        """Features computed here go to the roots' embedding stores (float32), for the next run and ``classify``."""
+        model_id = self._clip_name()
+        touched = {}
+        for image, state in zip(images, states, strict=True):
+            if state.features is None or image.embeddings is None or not image.hash:
+                continue
+            store = image.embeddings.model(model_id)
+            if store.missing([image.hash]):
+                store.put([image.hash], state.features.float().cpu().numpy().reshape(1, -1))
+                touched[id(store)] = store
+        for store in touched.values():
+            store.flush()
+
     def _analyze_sync(self, mode: str, images: list[ImageRef]) -> list[Outcome]:
         import torch
 
         states = [self._state(image) for image in images]
         needs_features, needs_caption = NEEDS[mode]
+        if needs_features:
+            self._stored_features(images, states)
         try:
             self._prepare(states, needs_features, needs_caption)
         except torch.cuda.OutOfMemoryError as exc:
             return [Failure(ErrorType.OUT_OF_MEMORY, str(exc), retryable=True) for _ in images]
+        if needs_features:
+            self._keep_features(images, states)
         o = self.opts
         engine = self.engine
         params = self.parameters(mode)

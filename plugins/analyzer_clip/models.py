@@ -1,0 +1,51 @@
+"""One loaded copy of each open_clip model per process, shared by the plugins that use it.
+
+The ``clip`` plugin (through clip-interrogator) and the ``classify`` plugin ask here, so when
+both use ``ViT-L-14/openai`` its weights are in memory once. Loaded as clip-interrogator loads
+them: half precision on CUDA, full precision elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+_loaded: dict[tuple[str, str], tuple[Any, Any]] = {}
+_lock = threading.Lock()
+
+
+def load_open_clip(model_id: str, device: str, cache_dir: str | None = None) -> tuple[Any, Any]:
+    """``(model, preprocess)`` of ``architecture/pretrained`` on ``device``, loaded at the first call.
+
+    Raises what open_clip raises (missing weights, unknown names): callers turn it into advice.
+    """
+    with _lock:
+        key = (model_id, device)
+        if key not in _loaded:
+            import open_clip
+
+            arch, _, pretrained = model_id.partition("/")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=pretrained or None,
+                precision="fp16" if device == "cuda" else "fp32",
+                device=device,
+                jit=False,
+                cache_dir=cache_dir,
+            )
+            model.eval()
+            _loaded[key] = (model, preprocess)
+        return _loaded[key]
+
+
+def share(model_id: str, device: str, model: Any, preprocess: Any) -> None:
+    """Use this already loaded model for ``model_id`` on ``device`` (tests, embedding applications)."""
+    with _lock:
+        _loaded[(model_id, device)] = (model, preprocess)
+
+
+def forget(model_id: str | None = None) -> None:
+    """Drop loaded models (all, or one id's), so their memory can be freed."""
+    with _lock:
+        for key in [k for k in _loaded if model_id is None or k[0] == model_id]:
+            del _loaded[key]
