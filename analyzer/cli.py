@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--min-confidence", type=float, help="labels below this confidence are left out when read")
     classify.add_argument("--force", action="store_true", help="classify again what is classified already")
     classify.add_argument(
+        "--clean", action="store_true", help="remove the results of label lists no longer configured; classify nothing"
+    )
+    classify.add_argument(
         "--no-store", action="store_true", help="classify the image files given, print JSON, write nothing"
     )
     classify.add_argument("--progress", choices=["auto", "bar", "plain"])
@@ -378,6 +381,12 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
     """``run`` with the classify plugin alone, into the label set the flags name."""
+    if args.clean:
+        args.plugins = ["classify"]
+        plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
+        removed = corrections.clean(settings, plugins[0], args.paths)
+        log.info("removed %d results of label lists no longer configured", removed)
+        return EXIT_OK
     settings, mode = classify_settings(settings, args)
     args.plugins, args.modes = ["classify"], [mode] if mode else None
     if args.no_store:

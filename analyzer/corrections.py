@@ -1,4 +1,5 @@
-"""Results a person gives: ``analyzer label set IMAGE LABEL`` and its CSV form.
+"""Results a person gives (``analyzer label set IMAGE LABEL`` and its CSV form), and results a
+person no longer wants (``analyzer classify --clean``).
 
 A correction is stored in the image's sidecar of the plugin, beside the models' results, under
 the model id ``manual`` (:data:`analyzer.selector.MANUAL`); it wins over them wherever results
@@ -8,7 +9,7 @@ are read and stays when they are redone (see :meth:`analyzer.store.Store.set_man
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from .errors import ConfigError
 from .images import is_image_name
 from .planner import Planner, RunOptions
 from .plugin import AnalyzerPlugin
+from .selector import MANUAL
 from .settings import Settings
-from .store import Store, digesters, root_of_file
+from .store import Store, digesters, resolve_targets, root_of_file
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,19 @@ def apply(settings: Settings, plugin: AnalyzerPlugin, corrections: Iterable[Corr
         for store in stores.values():
             store.close()
     return len(checked)
+
+
+def clean(settings: Settings, plugin: AnalyzerPlugin, paths: Sequence[Path]) -> int:
+    """Remove the plugin's results of modes or models it is no longer configured with (hand-given
+    results of its configured modes stay); how many results went."""
+    configured = {mode: set(plugin.model_ids(mode)) | {MANUAL} for mode in plugin.modes}
+    planner = Planner([plugin], RunOptions())
+    found, _ = digesters(planner, {plugin.name: plugin})
+    removed = 0
+    for target in resolve_targets(settings, paths, files=False):
+        store = Store.open(target.root, settings)
+        try:
+            removed += store.prune(found[plugin.name], lambda mode, model: model in configured.get(mode, ()))
+        finally:
+            store.close()
+    return removed

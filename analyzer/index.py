@@ -250,6 +250,15 @@ class Index:
         for plugin, wild in rows:
             yield plugin, json.loads(wild)
 
+    def sidecar_images(self, plugin: str) -> list[str]:
+        """The images (relative paths) that have a sidecar of ``plugin``, in path order."""
+        with self._lock:
+            self._flush_locked()
+            rows = self._db.execute(
+                "SELECT dir, name FROM sidecars WHERE plugin=? ORDER BY dir, name", (plugin,)
+            ).fetchall()
+        return [f"{d}/{n}" if d else n for d, n in rows]
+
     # -- writing -------------------------------------------------------------------------
     def put_image(self, rel_dir: str, name: str, stat: Stat, hash_: str) -> None:
         self._write("INSERT OR REPLACE INTO images VALUES(?,?,?,?,?)", (rel_dir, name, stat[0], stat[1], hash_))

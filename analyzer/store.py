@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -560,6 +560,39 @@ class Store:
             rel_dir, _, name = rel.rpartition("/")
             self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
             self.index.commit()
+
+    def prune(self, digester: Digester, keep: Callable[[str, str], bool]) -> int:
+        """Remove from every sidecar of the plugin the results and errors whose (mode, model id)
+        ``keep`` refuses (label lists no longer configured, say); how many results went (blocking)."""
+        plugin = digester.plugin
+        removed = 0
+        for rel in self.index.sidecar_images(plugin.name):
+            with locked([(self, rel, plugin.name)]):
+                try:
+                    doc, _ = self.read_or_set_aside(rel, plugin.name, set_aside=False)
+                except OSError:
+                    continue
+                if doc is None:
+                    continue
+                gone = changed = 0
+                for section in ("analysis", "errors"):
+                    for mode in list(doc.get(section, {})):
+                        for model in list(doc[section][mode]):
+                            if not keep(mode, model):
+                                del doc[section][mode][model]
+                                changed += 1
+                                gone += section == "analysis"
+                        if not doc[section][mode]:
+                            del doc[section][mode]
+                if not changed:
+                    continue
+                stat = atomic_write_bytes(self.sidecar_path(rel, plugin.name), dumps(doc), self.owner)
+                row = digester.row(doc, stat)
+                rel_dir, _, name = rel.rpartition("/")
+                self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
+                removed += gone
+        self.index.commit()
+        return removed
 
     def place(self, docs: Mapping[str, dict[str, Any]], rel: str, old: tuple[Store, str] | None = None) -> None:
         """Write ``docs`` as the sidecars of the image now at ``rel``; remove them from the ``old`` place.

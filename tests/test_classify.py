@@ -259,3 +259,22 @@ def test_without_labels_the_bundled_concept_bank_is_used(cli, photos, colours, m
     value = result(photos / "leaf.png", "concepts", plugin="classify")
     assert len(value["labels"]) == 50  # store_top of a bank of thousands
     assert {e["label"] for e in value["labels"]} <= set(concept_bank())
+
+
+def test_clean_removes_results_of_label_lists_no_longer_configured(cli, photos, colours, monkeypatch):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__OLD", "red,blue")
+    cli("run", photos, "--plugins", "classify")
+    cli("label", "set", photos / "poppy.png", "green", "--set", "colours")
+    monkeypatch.delenv("ANALYZER_CLASSIFY__LABELS__OLD")
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue,grey")
+    cli("run", photos, "--plugins", "classify")
+    assert len(json.loads((photos / "poppy.png.classify.json").read_text())["analysis"]["colours"]) == 3
+
+    outcome = cli("classify", photos, "--clean")
+
+    assert outcome.code == 0, outcome.log
+    assert "removed 8 results of label lists no longer configured" in outcome.log  # 4 of `old`, 4 of the first list
+    doc = json.loads((photos / "poppy.png.classify.json").read_text())
+    assert set(doc["analysis"]) == {"colours"}
+    assert len(doc["analysis"]["colours"]) == 2  # the current list's result and the hand-given label
+    assert "manual" in doc["analysis"]["colours"]
