@@ -12,6 +12,7 @@ code other than the one the README's rules give.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -228,6 +229,14 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
         check=False,
     )
     assert piped.stderr == "" and piped.stdout.splitlines()[-1] == "141", piped
+
+    # The classify settings example, as analyzer.toml: its label sets become modes.
+    walk.hidden = set()
+    classify_toml = next(body for lang, body in blocks if lang == "toml" and "[classify" in body)
+    (walk.work / "analyzer.toml").write_text(classify_toml)
+    sets = walk.run("analyzer status ~/sd-outputs --plugins classify --json")
+    assert {row["mode"] for row in json.loads(sets.stdout)["results"]} == {"animals", "signs"}
+    (walk.work / "analyzer.toml").unlink()
 
     shown = {c for c in [*extras, *tour, *watching] if not c.startswith(".venv/bin/pip")}
     assert shown <= set(walk.seen), shown - set(walk.seen)
