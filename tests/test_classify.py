@@ -278,3 +278,17 @@ def test_clean_removes_results_of_label_lists_no_longer_configured(cli, photos, 
     assert set(doc["analysis"]) == {"colours"}
     assert len(doc["analysis"]["colours"]) == 2  # the current list's result and the hand-given label
     assert "manual" in doc["analysis"]["colours"]
+
+
+def test_a_model_that_cannot_be_loaded_gives_the_clip_plugins_one_message(cli, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ANALYZER_CLASSIFY__DEVICE", "cpu")
+
+    outcome = cli("classify", photos, "--labels", "dog,cat")
+
+    assert outcome.code == 1
+    (message,) = [line for line in outcome.log.splitlines() if "cannot load CLIP model" in line]
+    assert "cannot load CLIP model 'ViT-B-32/openai'" in message
+    assert "hf download timm/vit_base_patch32_clip_224.openai" in message
+    assert "Traceback" not in outcome.err and not list(photos.glob("*.json"))
