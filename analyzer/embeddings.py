@@ -9,10 +9,11 @@ and writers never wait for each other (every process writes shards of its own). 
 not the index's: deleting the index (a cache) leaves them; deleting them only costs time.
 
 Memory stays bounded at millions of images: the keys of every shard are held (32 bytes and
-8 bytes of position per image: 40 MB at a million), vectors are read from disk with ``pread``
+16 bytes of position per image: 48 MB at a million), vectors are read from disk with ``pread``
 as they are asked for, never mapped or loaded whole, and :meth:`ModelEmbeddings.chunks` streams
-them. Many small shards are merged into one (:meth:`ModelEmbeddings.compact`, under a lock, the
-old shards removed after the new one is in place; duplicate keys from two processes are kept once).
+them. Shards of about the same size are merged, ``FANOUT`` at a time (:meth:`ModelEmbeddings.compact`,
+under a lock, the old shards removed after the new one is in place; duplicate keys from two
+processes are kept once), so a vector is rewritten about log8(images / batch) times.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -42,8 +44,9 @@ log = logging.getLogger("analyzer")
 
 KEY_BYTES = 32
 """NumPy keeps keys as ``S32``, which drops trailing NUL bytes when read back: compare padded."""
-COMPACT_AT = 32
-"""Shards of one model beyond which a writer merges them into one."""
+FANOUT = 8
+"""Shards of about the same size (rows within a factor of this) that a writer merges into one, so
+a row is rewritten about log8(rows / batch) times however many images there are."""
 ABANDONED_AFTER = 3600.0
 """A vector file without its keys file this old (seconds) is a writer that died: removed on compaction."""
 
@@ -199,28 +202,33 @@ class ModelEmbeddings:
 
     def chunks(self, rows: int = 65536) -> Iterator[tuple[Any, Matrix]]:
         """Every stored embedding once, ``rows`` at a time: (keys, matrix); memory stays at one chunk."""
-        import numpy as np
-
         self.refresh()
         with self._lock:
-            shards, dim = list(self._shards), self.dim
+            shards = list(enumerate(self._shards))
+            keys, where = self._keys, self._where
+        yield from self._rows(shards, keys, where, rows)
+
+    def _rows(self, shards: list[tuple[int, _Shard]], keys: Any, where: Any, rows: int) -> Iterator[tuple[Any, Matrix]]:
+        """The rows of these shards, each key once: where a key is in several shards (two processes
+        embedded the same image), only the place the sorted keys point at counts."""
+        import numpy as np
+
+        dim = self.dim
         if dim is None:
             return
-        seen: set[bytes] = set()
-        for shard in shards:
+        for number, shard in shards:
             try:
-                keys = np.load(self.folder / f"{shard.name}.keys.npy")
+                shard_keys = np.load(self.folder / f"{shard.name}.keys.npy").astype(f"S{KEY_BYTES}")
                 with shard.vec.open("rb") as handle:
                     for start in range(0, shard.rows, rows):
                         n = min(rows, shard.rows - start)
                         data = os.pread(handle.fileno(), n * dim * 4, shard.offset + start * dim * 4)
                         block = np.frombuffer(data, dtype=np.float32).reshape(n, dim)
-                        block_keys = keys[start : start + n]
-                        fresh = np.array([bytes(k) not in seen for k in block_keys], dtype=bool)
-                        if len(shards) > 1:
-                            seen.update(bytes(k) for k in block_keys)
-                        if fresh.any():
-                            yield block_keys[fresh], block[fresh]
+                        block_keys = shard_keys[start : start + n]
+                        at = np.minimum(np.searchsorted(keys, block_keys), max(len(keys) - 1, 0))
+                        own = (where[at, 0] == number) & (where[at, 1] == np.arange(start, start + n))
+                        if own.any():
+                            yield block_keys[own], block[own]
             except FileNotFoundError:
                 continue  # merged meanwhile: its rows are in the merged shard, listed next time
 
@@ -264,8 +272,9 @@ class ModelEmbeddings:
             self._pending_keys, self._pending_rows, self._pending = [], [], {}
             self._written += 1
         self.refresh()
-        if len(self._shards) > COMPACT_AT:
-            self.compact()
+        while self._to_merge():  # a merge may fill the next tier: merge on up
+            if not self.compact(everything=False):
+                break  # another process is merging
 
     def _write_meta(self) -> None:
         meta = self.folder / "model.json"
@@ -274,8 +283,17 @@ class ModelEmbeddings:
             tmp.write_text(json.dumps({"model": self.model_id, "dim": self.dim}) + "\n")
             os.replace(tmp, meta)
 
-    def compact(self) -> bool:
-        """Merge every shard into one (keys kept once); False when another process is at it."""
+    def _to_merge(self) -> list[int]:
+        """The shards (by number) of the smallest size tier that holds ``FANOUT`` of them, or none."""
+        tiers: dict[int, list[int]] = {}
+        with self._lock:
+            for number, shard in enumerate(self._shards):
+                tiers.setdefault(int(math.log(max(shard.rows, 1), FANOUT)), []).append(number)
+        return next((numbers for _, numbers in sorted(tiers.items()) if len(numbers) >= FANOUT), [])
+
+    def compact(self, *, everything: bool = True) -> bool:
+        """Merge shards into one, keys kept once: all of them, or (``everything`` False) a tier of
+        ``FANOUT`` similar ones. False when another process is at it."""
         import numpy as np
 
         if self.read_only:
@@ -289,27 +307,25 @@ class ModelEmbeddings:
             self._listed = frozenset()  # list afresh, under the lock
             self.refresh()
             with self._lock:
-                shards, dim = list(self._shards), self.dim
+                numbers = list(range(len(self._shards))) if everything else self._to_merge()
+                shards = [(n, self._shards[n]) for n in numbers]
+                keys, where, dim = self._keys, self._where, self.dim
             if len(shards) < 2 or dim is None:
                 return True
             name = f"{time.time_ns():020d}-{os.getpid()}-merged"
             vec_tmp = self.folder / f".{name}.vec.npy.tmp"
             kept: list[Any] = []
-            total = sum(s.rows for s in shards)
-            seen: set[bytes] = set()
+            total = sum(s.rows for _, s in shards)
             with vec_tmp.open("wb") as out:
-                header_at = 0
                 np.lib.format.write_array_header_1_0(
                     out, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)}
                 )
                 header_at = out.tell()
                 count = 0
-                for keys, block in self.chunks():
-                    fresh = np.array([bytes(k) not in seen for k in keys], dtype=bool)
-                    seen.update(bytes(k) for k in keys)
-                    out.write(np.ascontiguousarray(block[fresh]).tobytes())
-                    kept.append(keys[fresh])
-                    count += int(fresh.sum())
+                for block_keys, block in self._rows(shards, keys, where, 65536):
+                    out.write(np.ascontiguousarray(block).tobytes())
+                    kept.append(block_keys)
+                    count += len(block_keys)
                 out.seek(0)  # the real row count (duplicates dropped), in a header of the same size
                 np.lib.format.write_array_header_1_0(
                     out, {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
@@ -319,8 +335,9 @@ class ModelEmbeddings:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(vec_tmp, self.folder / f"{name}.vec.npy")
-            _save(self.folder / f"{name}.keys.npy", np.concatenate(kept).astype(f"S{KEY_BYTES}"))
-            for shard in shards:  # readers holding an old shard open keep reading it
+            merged = np.concatenate(kept) if kept else np.empty(0, dtype=f"S{KEY_BYTES}")
+            _save(self.folder / f"{name}.keys.npy", merged.astype(f"S{KEY_BYTES}"))
+            for _, shard in shards:  # readers holding an old shard open keep reading it
                 (self.folder / f"{shard.name}.keys.npy").unlink(missing_ok=True)
                 shard.vec.unlink(missing_ok=True)
             self._remove_abandoned()

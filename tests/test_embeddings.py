@@ -46,7 +46,7 @@ def test_a_shard_is_only_seen_once_complete_and_a_read_only_store_writes_nothing
 
 
 def test_many_shards_are_merged_and_duplicates_kept_once(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(embeddings, "COMPACT_AT", 4)
+    monkeypatch.setattr(embeddings, "FANOUT", 4)
     folder = tmp_path / "embeddings"
     data = vectors(12)
     for i in range(6):  # two "processes" writing the same images twice
@@ -97,3 +97,29 @@ def test_every_key_is_found_also_those_ending_in_zero_bytes(tmp_path: Path) -> N
     again = EmbeddingStore(tmp_path / "embeddings").model("m")
     assert again.missing(texts) == []
     assert sum(v is None for v in again.get(texts)) == 0
+
+
+def test_merging_is_tiered_so_rows_are_rewritten_a_few_times_not_at_every_merge(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(embeddings, "FANOUT", 4)
+    model = EmbeddingStore(tmp_path / "embeddings").model("m")
+    merged_rows = []
+    original = model.compact
+
+    def counting(*, everything: bool = True) -> bool:
+        before = {p.name for p in model.folder.glob("*.keys.npy")}
+        done = original(everything=everything)
+        merged_rows.append(len(before - {p.name for p in model.folder.glob("*.keys.npy")}))
+        return done
+
+    model.compact = counting  # type: ignore[method-assign]
+    for i in range(64):  # 64 batches of one row
+        model.put([f"sha256:{i}"], vectors(1, seed=i))
+        model.flush()
+
+    assert len(model) == 64
+    assert len(list(model.folder.glob("*.keys.npy"))) <= 4  # 64 = 4**3: one shard per tier at most
+    assert sum(merged_rows) < 64 * 4  # each row rewritten about log4(64) = 3 times, not once per merge
+    assert all(
+        v is not None
+        for v in EmbeddingStore(tmp_path / "embeddings").model("m").get([f"sha256:{i}" for i in range(64)])
+    )
