@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, corrections
+from . import __version__, configinfo, corrections
 from .engine import Engine, stop_on_signals
 from .errors import (
     EXIT_FAILURES,
@@ -38,7 +38,7 @@ from .planner import STATES, RunOptions
 from .plugin import AnalyzerPlugin
 from .progress import RunStats, summary_lines
 from .registry import Unavailable, cannot_run, select_plugins, select_readers
-from .settings import Settings, load_settings, mask_secrets
+from .settings import Settings, load_settings
 from .store import Store, root_of_file
 from .survey import collect_status, rebuild_wildcards, show_values
 
@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--sidecar-dir", type=Path, help="sidecars are in this mirrored tree")
         _common(action)
 
-    config = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    config = sub.add_parser("config", help="print the effective settings of the core and every plugin (secrets masked)")
+    shown = config.add_mutually_exclusive_group()
+    shown.add_argument("--sources", action="store_true", help="every value with where it came from")
+    shown.add_argument("--env-example", action="store_true", help="print .env.example: every variable read")
     _common(config)
     return parser
 
@@ -474,12 +477,17 @@ def cmd_label(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    plugins, _unavailable = select_plugins(settings, check_requirements=False)
-    data = settings.secrets_masked()
-    data["plugin_options"] = {p.name: p.options.model_dump(mode="json") for p in plugins} | {
-        name: opts for name, opts in data["plugin_options"].items() if name not in {p.name for p in plugins}
-    }
-    print(json.dumps(mask_secrets(data), indent=2, default=str))
+    """The effective settings as JSON; with ``--sources`` where each came from; or ``.env.example``."""
+    if args.env_example:
+        print(configinfo.env_example(), end="")
+    elif args.sources:
+        flags = {name: f"--{name.replace('_', '-')}" for name in ("log_level", "log_file") if getattr(args, name)}
+        rows = configinfo.sources(settings, args.config, flags)
+        wide = max(len(key) for key, _, _ in rows)
+        for key, value, origin in rows:
+            print(f"{key.ljust(wide)}  {value}\t{origin}")
+    else:
+        print(json.dumps(configinfo.effective(settings), indent=2, default=str))
     return EXIT_OK
 
 

@@ -155,15 +155,16 @@ Outcome = Result | Failure
 class PluginOptions(BaseModel):
     """Options every plugin has. Subclass it to add your own; unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     enabled: bool = True
+    """Use the plugin when no plugins are named (``--plugins`` or the ``plugins`` setting)."""
     modes: list[str] | None = None
-    """Modes to run; ``None`` means the plugin's :attr:`AnalyzerPlugin.default_modes`."""
+    """Modes to run (comma-separated); unset: the plugin's default modes."""
     batch_size: int | None = Field(default=None, ge=1, le=4096)
-    """Images per ``analyze`` call; ``None`` means the plugin's hint."""
+    """Images per ``analyze`` call; unset: the plugin's own choice."""
     concurrency: int | None = Field(default=None, ge=1, le=1024)
-    """``analyze`` calls in flight at once; ``None`` means the plugin's hint."""
+    """``analyze`` calls in flight at once; unset: the plugin's own choice."""
 
     @field_validator("modes", mode="before")
     @classmethod
@@ -246,6 +247,12 @@ class AnalyzerPlugin(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`setup` acquired."""
+
+    def shown_options(self) -> dict[str, Any]:
+        """The effective options as ``analyzer config`` shows them (plus what is worth knowing: where
+        shipped files are, say). Secrets are masked by the caller."""
+        shown: dict[str, Any] = self.options.model_dump(mode="json")
+        return shown
 
     def manual_result(self, mode: str, text: str) -> Any:
         """The result a person's ``text`` stands for (``analyzer label set``): by default the text

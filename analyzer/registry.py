@@ -80,6 +80,18 @@ def cannot_run(cls: type[AnalyzerPlugin]) -> str | None:
     return f"needs {', '.join(missing)}: {hint}"
 
 
+def check_sections(settings: Settings) -> list[str]:
+    """The installed plugins' names; ConfigError for a settings section that names none of them."""
+    known = plugin_names()
+    for section in settings.plugin_options:
+        if section not in known:
+            raise ConfigError(
+                f"unknown setting section {section!r}: not a core setting nor an installed plugin "
+                f"({', '.join(known) or 'none installed'})"
+            )
+    return known
+
+
 def select_plugins(
     settings: Settings, only: list[str] | None = None, *, check_requirements: bool = True
 ) -> tuple[list[AnalyzerPlugin], list[Unavailable]]:
@@ -89,13 +101,7 @@ def select_plugins(
     installed plugin that is enabled and whose requirements are importable is used.
     Unknown plugin names, unknown plugin sections and invalid options raise ConfigError.
     """
-    known = plugin_names()
-    for section in settings.plugin_options:
-        if section not in known:
-            raise ConfigError(
-                f"unknown setting section {section!r}: not a core setting nor an installed plugin "
-                f"({', '.join(known) or 'none installed'})"
-            )
+    known = check_sections(settings)
     requested = only if only else settings.plugins
     explicit = requested is not None
     names = list(dict.fromkeys(requested)) if requested is not None else known

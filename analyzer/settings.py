@@ -39,7 +39,7 @@ DEFAULT_CONFIG_FILE = Path("analyzer.toml")
 class WatchSettings(BaseModel):
     """``analyzer watch``: ``[watch]`` in the TOML file, ``ANALYZER_WATCH__<FIELD>`` in the environment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     quiet_period: float = Field(default=2.0, ge=0)
     """Seconds an image's size and mtime must stay unchanged (and no event arrive) before it is analysed."""
@@ -69,6 +69,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",  # plugin sections are collected by PluginSectionsSource
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
@@ -198,7 +199,7 @@ class PluginSectionsSource(PydanticBaseSettingsSource):
         merged: dict[str, dict[str, Any]] = {}
         # Lowest precedence first; later layers overwrite earlier ones.
         if self.toml_file is not None and self.toml_file.exists():
-            for key, value in _read_toml(self.toml_file).items():
+            for key, value in read_toml(self.toml_file).items():
                 if key in core:
                     continue
                 if not isinstance(value, dict):
@@ -222,13 +223,18 @@ class PluginSectionsSource(PydanticBaseSettingsSource):
                         f"plugin settings look like {ENV_PREFIX}<PLUGIN>__<OPTION>"
                     )
                 node = merged.setdefault(parts[0], {})
-                for part in parts[1:-1]:
+                for depth, part in enumerate(parts[1:-1], start=2):
                     node = node.setdefault(part, {})
+                    if not isinstance(node, dict):
+                        whole = ENV_PREFIX + "__".join(parts[:depth]).upper()
+                        raise ConfigError(f"{name} and {whole} both set {'.'.join(parts[:depth])}: keep one")
+                if isinstance(node.get(parts[-1]), dict):
+                    raise ConfigError(f"{name} and variables inside it (like {name}__…) are both set: keep one")
                 node[parts[-1]] = raw
         return {"plugin_options": merged} if merged else {}
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             data: dict[str, Any] = tomllib.load(handle)

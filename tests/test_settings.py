@@ -78,7 +78,7 @@ def test_config_command_prints_effective_settings_with_plugin_options(cli, monke
     outcome = cli("config")
 
     data = json.loads(outcome.out)
-    assert data["plugin_options"]["metadata"]["batch_size"] == 7
+    assert data["metadata"]["batch_size"] == 7
     assert data["hash_workers"] == 4
 
 

@@ -68,7 +68,7 @@ def default_cache_dir() -> Path:
 class LabelSet(BaseModel):
     """One label set (a mode): labels, each with its own prompts or the templates' ensemble."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     labels: list[str] | dict[str, list[str]] = Field(default_factory=list)
     """Label names, or label -> its own prompts (``{}`` in a prompt stands for the label)."""

@@ -49,7 +49,7 @@ DEFAULT_MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "op
 class ProviderOptions(BaseModel):
     """One provider and model. Keys: ``api_key`` (else ``OPENAI_API_KEY``/``ANTHROPIC_API_KEY``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     provider: ProviderKind = "openai"
     model: str | None = None
@@ -67,7 +67,7 @@ class ProviderOptions(BaseModel):
 class PromptOptions(BaseModel):
     """One LLM mode: a template (a shipped name or a path), with optional overrides."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     template: str | None = None
     system: str | None = None
@@ -84,7 +84,7 @@ class PromptOptions(BaseModel):
 class LlmOptions(PluginOptions, ProviderOptions):
     """``[llm]``: the default provider's keys at the top, more under ``[llm.providers.<name>]``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     enabled: bool = False
     """Off unless asked for (``--plugins llm`` or ``ANALYZER_LLM__ENABLED=true``): requests cost money."""
@@ -317,6 +317,12 @@ class LlmPlugin(AnalyzerPlugin):
 
     def reads(self, mode: str) -> tuple[str, ...]:
         return self.templates[mode].reads()
+
+    def shown_options(self) -> dict[str, Any]:
+        shown = super().shown_options()
+        shown["shipped_templates"] = str(TEMPLATES.resolve())
+        shown["modes_effective"] = list(self.templates)
+        return shown
 
     def wildcard_entries(self, mode: str, value: Any) -> Any:
         template = self.templates.get(mode)
