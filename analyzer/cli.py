@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, configinfo, corrections
+from . import __version__, configview, corrections
 from .engine import Engine, stop_on_signals
 from .errors import (
     EXIT_FAILURES,
@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the effective settings of the core and every plugin (secrets masked)")
     shown = config.add_mutually_exclusive_group()
-    shown.add_argument("--sources", action="store_true", help="every value with where it came from")
-    shown.add_argument("--env-example", action="store_true", help="print .env.example: every variable read")
+    shown.add_argument("--sources", action="store_true", help="every value and where it came from, one a line")
+    shown.add_argument("--env-example", action="store_true", help="print .env.example: every variable, its default")
+    config.add_argument("--json", action="store_true", help="with --sources: the lines as a JSON list")
     _common(config)
     return parser
 
@@ -477,17 +478,15 @@ def cmd_label(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    """The effective settings as JSON; with ``--sources`` where each came from; or ``.env.example``."""
+    """The effective settings as JSON; ``--sources``: where each value came from; ``--env-example``."""
     if args.env_example:
-        print(configinfo.env_example(), end="")
+        print(configview.env_example(), end="")
     elif args.sources:
-        flags = {name: f"--{name.replace('_', '-')}" for name in ("log_level", "log_file") if getattr(args, name)}
-        rows = configinfo.sources(settings, args.config, flags)
-        wide = max(len(key) for key, _, _ in rows)
-        for key, value, origin in rows:
-            print(f"{key.ljust(wide)}  {value}\t{origin}")
+        flags = {key: f"--{key.replace('_', '-')}" for key in ("log_level", "log_file") if getattr(args, key)}
+        rows = configview.sources(settings, args.config, flags)
+        print(configview.sources_json(rows) if args.json else configview.sources_table(rows), end="")
     else:
-        print(json.dumps(configinfo.effective(settings), indent=2, default=str))
+        print(json.dumps(configview.effective(settings), indent=2, default=str))
     return EXIT_OK
 
 

@@ -248,12 +248,6 @@ class AnalyzerPlugin(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`setup` acquired."""
 
-    def shown_options(self) -> dict[str, Any]:
-        """The effective options as ``analyzer config`` shows them (plus what is worth knowing: where
-        shipped files are, say). Secrets are masked by the caller."""
-        shown: dict[str, Any] = self.options.model_dump(mode="json")
-        return shown
-
     def manual_result(self, mode: str, text: str) -> Any:
         """The result a person's ``text`` stands for (``analyzer label set``): by default the text
         itself. Raise :class:`~analyzer.errors.ConfigError` for a text the mode cannot take."""

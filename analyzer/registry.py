@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import ConfigError
-from .plugin import AnalyzerPlugin
+from .plugin import AnalyzerPlugin, PluginOptions
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,15 @@ def check_sections(settings: Settings) -> list[str]:
     return known
 
 
+def validated_options(name: str, cls: type[AnalyzerPlugin], section: dict[str, Any]) -> PluginOptions:
+    """Plugin ``name``'s options from its settings section, defaults filled in. Raises ConfigError."""
+    try:
+        return cls.Options.model_validate(section)
+    except ValidationError as exc:
+        problems = "; ".join(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid options for plugin {name!r}: {problems}") from exc
+
+
 def select_plugins(
     settings: Settings, only: list[str] | None = None, *, check_requirements: bool = True
 ) -> tuple[list[AnalyzerPlugin], list[Unavailable]]:
@@ -117,11 +126,7 @@ def select_plugins(
         except ImportError as exc:
             unavailable.append(Unavailable(name, f"cannot import it ({exc})", explicit))
             continue
-        try:
-            options = cls.Options.model_validate(settings.plugin_options.get(name, {}))
-        except ValidationError as exc:
-            problems = "; ".join(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-            raise ConfigError(f"invalid options for plugin {name!r}: {problems}") from exc
+        options = validated_options(name, cls, settings.plugin_options.get(name, {}))
         if not options.enabled and not (only and name in only):
             continue
         problem = cannot_run(cls) if check_requirements else None

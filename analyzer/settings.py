@@ -34,6 +34,8 @@ from .images import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "ANALYZER_"
 DEFAULT_CONFIG_FILE = Path("analyzer.toml")
+NOT_SETTINGS = frozenset({"ANALYZER_LOAD_PLUGINS"})
+"""Variables with the prefix that are read before the settings (by :mod:`analyzer.registry`), not settings."""
 
 
 class WatchSettings(BaseModel):
@@ -73,7 +75,8 @@ class Settings(BaseSettings):
     )
 
     roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    """Folders to analyse when a command is given none."""
+    """Folders to analyse when a command is given none; in the environment separated by ``:``
+    (``;`` on Windows)."""
     include: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Glob patterns (relative to the root, ``**`` allowed); when set, only matching images."""
     exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -102,6 +105,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=60.0, ge=0)
     """Seconds between heartbeat log lines (items done, rate, RSS); 0 turns them off."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level printed on the console (the log file gets every record)."""
     log_file: Path | None = None
     """Also write JSON log lines (one object per line) to this file."""
     progress: Literal["auto", "bar", "plain"] = "auto"
@@ -212,7 +216,7 @@ class PluginSectionsSource(PydanticBaseSettingsSource):
         layers.append(dict(os.environ))
         for layer in layers:
             for name, raw in layer.items():
-                if raw is None or not name.upper().startswith(ENV_PREFIX):
+                if raw is None or not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_SETTINGS:
                     continue
                 parts = name[len(ENV_PREFIX) :].lower().split("__")
                 if parts[0] in core:
@@ -253,13 +257,19 @@ def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
             target[key] = value
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from every source; ``overrides`` (CLI flags) win. Raises ConfigError."""
+def resolve_config_file(config_file: Path | None) -> Path | None:
+    """The TOML file settings are read from: ``config_file`` (which must exist), else
+    ``./analyzer.toml`` when present, else none. Raises ConfigError."""
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
-        config_file = DEFAULT_CONFIG_FILE
-    Settings.config_file = config_file
+        return DEFAULT_CONFIG_FILE
+    return config_file
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from every source; ``overrides`` (CLI flags) win. Raises ConfigError."""
+    Settings.config_file = resolve_config_file(config_file)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:

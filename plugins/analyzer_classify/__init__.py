@@ -139,6 +139,7 @@ class ClassifyOptions(PluginOptions):
     model: str = Field(default="ViT-B-32/openai", pattern=r"^[^/#]+/[^/#]+$")
     """open_clip ``architecture/pretrained`` computing image and text embeddings."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    """``auto``: CUDA, then Apple MPS, then the CPU."""
     model_dir: Path | None = None
     """Where open_clip keeps downloaded weights (default: the Hugging Face cache)."""
     labels: dict[str, LabelSet] = Field(default_factory=dict)
@@ -154,7 +155,8 @@ class ClassifyOptions(PluginOptions):
     min_confidence: float = Field(default=0.0, ge=0, le=1)
     """When read: labels below this confidence are left out; an image with none is ``unknown``."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    """Text-embedding cache (per model and prompt)."""
+    """Text-embedding cache (per model and prompt); default: ``$XDG_CACHE_HOME/analyzer/classify``,
+    else ``~/.cache/analyzer/classify``."""
 
     @field_validator("labels", mode="before")
     @classmethod

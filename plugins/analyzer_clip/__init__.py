@@ -128,6 +128,7 @@ class ClipOptions(PluginOptions):
     """open_clip ``architecture/pretrained``: ``ViT-L-14/openai`` for SD 1.x,
     ``ViT-H-14/laion2b_s32b_b79k`` for SD 2.x."""
     caption_model: CaptionModel | None = "blip-large"
+    """Captioning model of every mode but ``negative`` (BLIP, BLIP-2 or GIT)."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     """``auto``: CUDA, then Apple MPS, then the CPU."""
     fp16: bool = True
@@ -135,15 +136,24 @@ class ClipOptions(PluginOptions):
     low_vram: bool = False
     """clip-interrogator's low-VRAM defaults: blip-base, offloading, smaller chunks and chains."""
     caption_offload: bool = False
+    """Keep the caption model on the CPU while it is not captioning (less VRAM, slower)."""
     clip_offload: bool = False
+    """Keep the CLIP model on the CPU while it is not encoding (less VRAM, slower)."""
     chunk_size: int = Field(default=2048, ge=16)
+    """Labels ranked (and chain candidates encoded) per batch: smaller uses less memory."""
     flavor_intermediate_count: int = Field(default=2048, ge=1)
+    """Best-ranked flavors the ``best`` and ``negative`` chains choose from."""
     min_flavors: int = Field(default=8, ge=0)
+    """Flavors the ``best`` chain adds at least."""
     max_flavors: int = Field(default=32, ge=1)
+    """Flavors ``best``, ``fast`` and ``negative`` add at most."""
     classic_flavors: int = Field(default=3, ge=1)
+    """Flavors in a ``classic`` prompt."""
     caption_max_length: int = Field(default=32, ge=1)
+    """Longest caption, in tokens."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    """Label-embedding cache (clip-interrogator's own ``.safetensors`` format)."""
+    """Label-embedding cache (clip-interrogator's own ``.safetensors`` format); default:
+    ``$XDG_CACHE_HOME/analyzer/clip``, else ``~/.cache/analyzer/clip``."""
     model_dir: Path | None = None
     """Where open_clip keeps downloaded CLIP weights (default: the Hugging Face cache)."""
     data_path: Path | None = None

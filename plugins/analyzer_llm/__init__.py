@@ -52,16 +52,28 @@ class ProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     provider: ProviderKind = "openai"
+    """The API spoken: ``openai-compatible`` is any server speaking OpenAI's chat completions at
+    ``base_url`` (Ollama, LM Studio, vLLM, llama.cpp, OpenRouter)."""
     model: str | None = None
+    """Model name; default per provider: gpt-4.1-mini (openai), claude-haiku-4-5 (anthropic),
+    llava (openai-compatible)."""
     base_url: str | None = None
+    """The API's address (needed by ``openai-compatible``); default: the provider's own."""
     api_key: SecretStr | None = None
+    """API key, never printed nor logged; default: the SDK's own variable (``OPENAI_API_KEY``,
+    ``ANTHROPIC_API_KEY``)."""
     requests_in_flight: int = Field(default=16, ge=1, le=1024)
+    """Requests sent to this provider at once."""
     requests_per_minute: int | None = Field(default=None, ge=1)
+    """Requests started over a sliding minute, at most; unset: no limit."""
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Tokens (estimated before each request) over a sliding minute, at most; unset: no limit."""
     timeout: float = Field(default=60.0, gt=0)
+    """Seconds a request may take before it is given up (and retried)."""
     input_price_per_mtok: float | None = Field(default=None, ge=0)
     """USD per million input tokens, for the cost estimate in the run summary."""
     output_price_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million output tokens, for the cost estimate in the run summary."""
 
 
 class PromptOptions(BaseModel):
@@ -70,13 +82,23 @@ class PromptOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     template: str | None = None
+    """A template's name (looked up in ``templates_dir``, then among the shipped ones) or a path
+    ending in ``.toml``; default: the mode's own name, unless ``prompt`` is given."""
     system: str | None = None
+    """System prompt; replaces the template's."""
     prompt: str | None = None
+    """The prompt (``{metadata.prompt}``: another result of the image; ``{file_name}``); replaces the template's."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Longest answer, in tokens; replaces the template's (default 512)."""
     temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature (OpenAI-style providers only); replaces the template's."""
     output: Literal["text", "line", "json"] | None = None
+    """What the answer is: ``line`` keeps one line, ``json`` is checked against ``schema``;
+    replaces the template's (default text)."""
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    """The JSON Schema a ``json`` answer must match; replaces the template's."""
     wildcard: str | None = None
+    """For ``json`` answers: the field whose strings feed the mode's wildcard file."""
     providers: list[str] | None = None
     """Which configured providers answer this mode (default: all)."""
 
@@ -95,11 +117,18 @@ class LlmOptions(PluginOptions, ProviderOptions):
     templates_dir: Path | None = None
     """Extra folder searched for ``<name>.toml`` templates before the shipped ones."""
     image_max_side: int = Field(default=1024, ge=64, le=8192)
+    """Images are downscaled to at most this many pixels on their longer side before they are sent."""
     image_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    """Images are re-encoded in this format before they are sent (so any input format is accepted)."""
     image_quality: int = Field(default=90, ge=1, le=100)
+    """Quality of the re-encoded JPEG or WebP images."""
     max_attempts: int = Field(default=6, ge=1, le=50)
+    """Attempts per request, the first included, before giving up on it."""
     backoff_base: float = Field(default=0.5, gt=0)
+    """Seconds: waits between attempts are random, up to this times 2 to the attempt number
+    (unless the server says how long)."""
     max_backoff: float = Field(default=60.0, gt=0)
+    """Longest wait between two attempts in seconds, a server's ``retry-after`` included."""
 
 
 @dataclass
@@ -317,12 +346,6 @@ class LlmPlugin(AnalyzerPlugin):
 
     def reads(self, mode: str) -> tuple[str, ...]:
         return self.templates[mode].reads()
-
-    def shown_options(self) -> dict[str, Any]:
-        shown = super().shown_options()
-        shown["shipped_templates"] = str(TEMPLATES.resolve())
-        shown["modes_effective"] = list(self.templates)
-        return shown
 
     def wildcard_entries(self, mode: str, value: Any) -> Any:
         template = self.templates.get(mode)
