@@ -75,6 +75,9 @@ def apply(settings: Settings, plugin: AnalyzerPlugin, corrections: Iterable[Corr
 def clean(settings: Settings, plugin: AnalyzerPlugin, paths: Sequence[Path]) -> int:
     """Remove the plugin's results of modes or models it is no longer configured with (hand-given
     results of its configured modes stay); how many results went."""
+    from .survey import collect_status
+
+    collect_status(settings, [plugin], paths)  # a walk: the index learns every sidecar there is
     configured = {mode: set(plugin.model_ids(mode)) | {MANUAL} for mode in plugin.modes}
     planner = Planner([plugin], RunOptions())
     found, _ = digesters(planner, {plugin.name: plugin})

@@ -83,6 +83,8 @@ class ModelEmbeddings:
         self.dim: int | None = None
         self._lock = threading.RLock()
         self._listed: frozenset[str] = frozenset()
+        self._loaded: dict[str, tuple[Any, _Shard]] = {}
+        """Each listed shard's keys and place, loaded once: a refresh reads only new shards."""
         self._shards: list[_Shard] = []
         self._keys = np.empty(0, dtype=f"S{KEY_BYTES}")
         self._where = np.empty((0, 2), dtype=np.int64)  # (shard number, row), in the order of _keys
@@ -113,6 +115,13 @@ class ModelEmbeddings:
             keys: list[Any] = []
             where: list[Any] = []
             for name in sorted(names):
+                if name in self._loaded:
+                    shard_keys, known = self._loaded[name]
+                    number = len(shards)
+                    shards.append(known)
+                    keys.append(shard_keys)
+                    where.append(np.stack([np.full(len(shard_keys), number), np.arange(len(shard_keys))], axis=1))
+                    continue
                 try:
                     shard_keys = np.load(self.folder / f"{name}.keys.npy")
                     vec = self.folder / f"{name}.vec.npy"
@@ -137,14 +146,18 @@ class ModelEmbeddings:
                     log.warning("embedding shard %s has %d dimensions, not %d: ignored", name, shape[1], self.dim)
                     continue
                 number = len(shards)
-                shards.append(_Shard(name, vec, int(shape[0]), offset))
-                keys.append(shard_keys.astype(f"S{KEY_BYTES}"))
+                shard = _Shard(name, vec, int(shape[0]), offset)
+                shard_keys = shard_keys.astype(f"S{KEY_BYTES}")
+                self._loaded[name] = (shard_keys, shard)
+                shards.append(shard)
+                keys.append(shard_keys)
                 where.append(np.stack([np.full(len(shard_keys), number), np.arange(len(shard_keys))], axis=1))
             all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=f"S{KEY_BYTES}")
             all_where = np.concatenate(where) if where else np.empty((0, 2), dtype=np.int64)
             order = np.argsort(all_keys, kind="stable")
             self._shards, self._keys, self._where = shards, all_keys[order], all_where[order]
             self._listed = names
+            self._loaded = {name: item for name, item in self._loaded.items() if name in names}
 
     def __len__(self) -> int:
         import numpy as np
@@ -202,11 +215,16 @@ class ModelEmbeddings:
 
     def chunks(self, rows: int = 65536) -> Iterator[tuple[Any, Matrix]]:
         """Every stored embedding once, ``rows`` at a time: (keys, matrix); memory stays at one chunk."""
-        self.refresh()
-        with self._lock:
-            shards = list(enumerate(self._shards))
-            keys, where = self._keys, self._where
-        yield from self._rows(shards, keys, where, rows)
+        lock_path = self.folder / ".compact.lock"
+        with contextlib.ExitStack() as held:
+            if self.folder.is_dir() and not self.read_only:  # no merge removes a shard while they are read
+                lock = held.enter_context(open(lock_path, "a+b"))
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            self.refresh()
+            with self._lock:
+                shards = list(enumerate(self._shards))
+                keys, where = self._keys, self._where
+            yield from self._rows(shards, keys, where, rows)
 
     def _rows(self, shards: list[tuple[int, _Shard]], keys: Any, where: Any, rows: int) -> Iterator[tuple[Any, Matrix]]:
         """The rows of these shards, each key once: where a key is in several shards (two processes
@@ -351,9 +369,10 @@ class ModelEmbeddings:
         for entry in os.scandir(self.folder):
             name = entry.name
             orphan = name.endswith(".vec.npy") and not (self.folder / (name[: -len(".vec.npy")] + ".keys.npy")).exists()
-            if (orphan or name.endswith(".tmp")) and now - entry.stat().st_mtime > ABANDONED_AFTER:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+            if orphan or name.endswith(".tmp"):
+                with contextlib.suppress(OSError):  # another writer's file may be renamed meanwhile
+                    if now - entry.stat().st_mtime > ABANDONED_AFTER:
+                        os.unlink(entry.path)
 
 
 def _save(path: Path, array: Any) -> None:

@@ -649,7 +649,10 @@ class Store:
         return self.index.wildcard_rows(plugins)
 
     def note_reading_rules(self, plugins: Iterable[AnalyzerPlugin]) -> None:
-        """Plugins whose reading rules changed since the last run get their sidecars read again."""
+        """Plugins whose reading rules changed since the last run get their sidecars read again
+        (noted only by a walk of the whole root, which reads them all again)."""
+        if self.only is not None:
+            return
         for plugin in plugins:
             if self.index.reading_rules(plugin.name, plugin.reading_rules()):
                 log.info("%s: %s reads its results by new rules: its sidecars are read again", self.root, plugin.name)
@@ -658,6 +661,12 @@ class Store:
         self.index.commit()
 
     def close(self) -> None:
-        self.embeddings.flush()
-        self.index.close()
-        self.locks.close()
+        try:
+            self.embeddings.flush()
+        except OSError as exc:  # a cache: losing it costs time, never results
+            log.warning("cannot keep image embeddings in %s: %s", self.embeddings.folder, exc.strerror or exc)
+        finally:
+            try:
+                self.index.close()
+            finally:
+                self.locks.close()

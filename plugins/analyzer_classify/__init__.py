@@ -193,6 +193,7 @@ class ClassifyPlugin(AnalyzerPlugin):
     name = "classify"
     version = "1.0.0"
     requires = ("torch", "open_clip", "numpy")
+    """(``split_on_oom`` comes from :mod:`analyzer_clip.models`, which imports none of clip-interrogator.)"""
     install_hint = "pip install 'analyzer[clip]'"
     batch_size_hint = 32
     concurrency_hint = 1
@@ -223,9 +224,8 @@ class ClassifyPlugin(AnalyzerPlugin):
 
     def model_ids(self, mode: str) -> tuple[str, ...]:
         spec = self.opts.labels[mode]
-        own = {k: v for k, v in spec.labels.items() if v} if isinstance(spec.labels, dict) else {}
-        names = list(self.label_prompts(mode))
-        labels = _digest({"labels": names, "own": own, "t": self.opts.temperature, "top": self.opts.store_top})
+        prompts = self.label_prompts(mode)  # as resolved: a label file's own prompts count too
+        labels = _digest({"labels": prompts, "t": self.opts.temperature, "top": self.opts.store_top})
         templates = _digest(spec.templates or self.opts.templates)
         return (f"{self.opts.model}#labels={labels},templates={templates}",)
 
@@ -268,6 +268,8 @@ class ClassifyPlugin(AnalyzerPlugin):
             return self.opts.device
         if torch.cuda.is_available():
             return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
         return "cpu"
 
     def _load(self) -> Embedder:
@@ -365,7 +367,7 @@ class ClassifyPlugin(AnalyzerPlugin):
 
     def image_vectors(self, images: Sequence[ImageRef]) -> list[Matrix | Failure]:
         """Each image's embedding: from its root's store, else decoded and encoded (in one batch) and kept."""
-        from analyzer_clip.engine import split_on_oom
+        from analyzer_clip.models import split_on_oom
 
         embedder = self.embedder
         assert embedder is not None
@@ -398,7 +400,10 @@ class ClassifyPlugin(AnalyzerPlugin):
                     store.model(self.opts.model).put([images[i].hash], row[None, :])
                     stores[id(store)] = store
             for store in stores.values():
-                store.model(self.opts.model).flush()
+                try:
+                    store.model(self.opts.model).flush()
+                except OSError as exc:  # a cache: the results stand, the next run encodes again
+                    log.warning("cannot keep image embeddings in %s: %s", store.folder, exc.strerror or exc)
         return [v for v in vectors if v is not None]
 
     def text_matrix(self, mode: str) -> Matrix:

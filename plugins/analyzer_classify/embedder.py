@@ -53,7 +53,8 @@ class OpenClipEmbedder:
         import torch
 
         with self._lock, torch.no_grad():
-            batch = torch.stack(list(prepared)).to(self.device)
+            dtype = next(self.model.parameters()).dtype  # half precision on CUDA, as clip-interrogator loads it
+            batch = torch.stack(list(prepared)).to(self.device, dtype)
             features = self.model.encode_image(batch).float()
             features /= features.norm(dim=-1, keepdim=True)
             result: Matrix = features.cpu().numpy()
@@ -70,7 +71,10 @@ class OpenClipEmbedder:
             return result
 
     def to_cpu(self) -> None:
-        self.model = self.model.to("cpu")
+        """After CUDA ran out of memory: a full-precision copy on the CPU (the shared model stays)."""
+        import copy
+
+        self.model = copy.deepcopy(self.model).to("cpu").float()
         self.device = "cpu"
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from clip_interrogator.clip_interrogator import Interrogator, _prompt_at_max_len, _truncate_to_fit
 from PIL import Image
+
+from .models import split_on_oom as split_on_oom  # re-exported: it lives beside the shared models
 
 log = logging.getLogger(__name__)
 
@@ -413,19 +415,3 @@ class FastInterrogator:
                 break
             phrases.remove(flave)
         return best_prompt
-
-
-def split_on_oom(run: Callable[[list[Any]], list[Any]], items: list[Any], on_cpu: Callable[[], None]) -> list[Any]:
-    """Run ``run(items)``; on CUDA out-of-memory retry in halves, and at one item fall back to the CPU."""
-    try:
-        return run(items)
-    except torch.cuda.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(items) > 1:
-            half = len(items) // 2
-            log.warning("CUDA out of memory on a batch of %d: retrying in batches of %d", len(items), half)
-            return split_on_oom(run, items[:half], on_cpu) + split_on_oom(run, items[half:], on_cpu)
-        log.warning("CUDA out of memory on a single image: moving the CLIP models to the CPU for this run")
-        on_cpu()
-        return run(items)

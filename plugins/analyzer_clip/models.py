@@ -7,8 +7,12 @@ them: half precision on CUDA, full precision elsewhere.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _loaded: dict[tuple[str, str], tuple[Any, Any]] = {}
 _lock = threading.Lock()
@@ -49,3 +53,21 @@ def forget(model_id: str | None = None) -> None:
     with _lock:
         for key in [k for k in _loaded if model_id is None or k[0] == model_id]:
             del _loaded[key]
+
+
+def split_on_oom(run: Callable[[list[Any]], list[Any]], items: list[Any], on_cpu: Callable[[], None]) -> list[Any]:
+    """Run ``run(items)``; on CUDA out-of-memory retry in halves, and at one item fall back to the CPU."""
+    import torch
+
+    try:
+        return run(items)
+    except torch.cuda.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(items) > 1:
+            half = len(items) // 2
+            log.warning("CUDA out of memory on a batch of %d: retrying in batches of %d", len(items), half)
+            return split_on_oom(run, items[:half], on_cpu) + split_on_oom(run, items[half:], on_cpu)
+        log.warning("CUDA out of memory on a single image: moving the CLIP models to the CPU for this run")
+        on_cpu()
+        return run(items)
