@@ -1,6 +1,8 @@
-"""Tiny, randomly initialised CLIP and BLIP models: same code paths as real weights, no download.
+"""Randomly initialised CLIP and BLIP models: same code paths as real weights, no download.
 
-Used by the test suite and ``bench/bench_clip.py``. Nothing here is used in a real run.
+Tiny ones for the test suite and a quick ``bench/bench_clip.py``; real architectures (open_clip's
+``ViT-B-32``, ``ViT-L-14``, …; BLIP-base/large shapes) with random weights for the benchmark's
+timings. Nothing here is used in a real run.
 """
 
 from __future__ import annotations
@@ -28,13 +30,25 @@ class TinyModels:
 
 
 def tiny_clip(seed: int = 0) -> tuple[Any, Any]:
-    import open_clip
-    import torch
     from open_clip import factory
 
     factory._MODEL_CONFIGS[TINY_CLIP] = TINY_CLIP_CONFIG
+    return random_clip(TINY_CLIP, seed)
+
+
+def random_clip(arch: str, seed: int = 0) -> tuple[Any, Any]:
+    """open_clip's architecture ``arch`` (``ViT-B-32``, ``ViT-L-14``, …) with random weights, and its
+    image transform: built from open_clip's bundled config, nothing downloaded.
+
+    ``open_clip.get_tokenizer(arch)`` (what clip-interrogator uses) gives the bundled BPE
+    tokenizer for the OpenAI-style architectures (open_clip logs a warning that no pretrained
+    weights were loaded: that is the point).
+    """
+    import open_clip
+    import torch
+
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_CLIP, pretrained=None)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
     model.eval()
     return model, preprocess
 
@@ -121,6 +135,83 @@ def tiny_models(folder: Path, seed: int = 0) -> TinyModels:
     clip_model, preprocess = tiny_clip(seed)
     caption_model, processor = tiny_blip(folder / "blip", seed)
     return TinyModels(clip_model, preprocess, caption_model, processor)
+
+
+BLIP_SHAPES: dict[str, dict[str, int]] = {
+    # the vision towers of Salesforce/blip-image-captioning-{base,large}: ViT-B/16 and ViT-L/16 at 384 px
+    "blip-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "blip-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+"""Both decode with a BERT-base text decoder (12 layers, width 768, 30,524 tokens) cross-attending to the image."""
+
+
+def random_blip(folder: Path, shape: str = "blip-large", seed: int = 0) -> tuple[Any, Any]:
+    """A BLIP captioner of ``shape``'s size (see :data:`BLIP_SHAPES`) with random weights.
+
+    The real models' BERT vocabulary cannot be downloaded here: the vocabulary is made of the
+    lower-case words of CLIP's bundled BPE vocabulary (one CLIP token each, so a caption of n
+    words is about n CLIP tokens, as a real caption roughly is). As in :func:`tiny_blip`, special
+    tokens are made unlikely, so a caption is always ``max_new_tokens`` words long.
+    """
+    import torch
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import (  # type: ignore[attr-defined]
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    vocab_size = 30524
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    words = sorted({k[:-4] for k in SimpleTokenizer().encoder if k.endswith("</w>") and k[:-4].isalpha()})
+    words = [w for w in words if w.isascii() and w.islower() and len(w) > 1][: vocab_size - len(specials)]
+    vocab = [*specials, *words]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, bos_token="[DEC]")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    vision = BLIP_SHAPES[shape]
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "encoder_hidden_size": vision["hidden_size"],
+            "bos_token_id": vocab.index("[DEC]"),
+            "pad_token_id": 0,
+            "sep_token_id": vocab.index("[SEP]"),
+            "eos_token_id": vocab.index("[SEP]"),
+        },
+        # initializer_range: BlipVisionConfig's default (1e-10, for loading weights) would make every image alike
+        vision_config={**vision, "image_size": 384, "patch_size": 16, "initializer_range": 0.02},
+    )
+    model = BlipForConditionalGeneration(config)
+    with torch.no_grad():  # a random decoder stops at once; make it speak: special tokens become unlikely
+        bias = model.text_decoder.cls.predictions.bias
+        for special in range(len(specials)):
+            bias[special] = -1e4
+    model.eval()
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer=tokenizer
+    )
+    return model, processor
+
+
+def random_models(folder: Path, arch: str, caption: str = "blip-large", seed: int = 0) -> TinyModels:
+    """open_clip's ``arch`` with random weights, and a random captioner: ``tiny`` (:func:`tiny_blip`)
+    or ``blip-base``/``blip-large`` (:func:`random_blip`). ``clip_model_name`` is
+    ``"<arch>/random-seed<seed>"``: clip-interrogator names its label-embedding cache after it."""
+    clip_model, preprocess = random_clip(arch, seed)
+    if caption == "tiny":
+        caption_model, processor = tiny_blip(folder / "blip", seed)
+    else:
+        caption_model, processor = random_blip(folder / caption, caption, seed)
+    return TinyModels(clip_model, preprocess, caption_model, processor, f"{arch}/random-seed{seed}")
 
 
 def tiny_label_data(folder: Path, *, flavors: int = 300, seed: int = 0) -> Path:
