@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-store", action="store_true", help="classify the image files given, print JSON, write nothing"
     )
     classify.add_argument("--progress", choices=["auto", "bar", "plain"])
+    whole = classify.add_argument_group("the whole collection (after classifying; see the README)")
+    whole.add_argument("--refine", action="store_true", help="refine: class prototypes learn from the images")
+    whole.add_argument("--iterations", type=int, help="refinement iterations (default 10)")
+    whole.add_argument("--guard", help="the guard against one class taking everything ('none': seed 002 exactly)")
+    whole.add_argument("--min-images", type=int, help="no refinement below this many images (default 100)")
+    whole.add_argument("--truth", metavar="folders|FILE", help="ground truth: parent folder names, or a CSV/JSONL")
+    whole.add_argument(
+        "--clusters", type=int, metavar="K", help="cluster the uncertain images into K groups (0: chosen by score)"
+    )
+    whole.add_argument("--uncertain", type=float, help="top-1 confidence below which an image is uncertain (0.5)")
+    whole.add_argument("--report", type=Path, metavar="DIR", help="write report.txt/.json here")
     _common(classify)
 
     label = sub.add_parser("label", help="correct a classification by hand: it wins over the model's")
@@ -266,6 +277,11 @@ class PlanPrinter:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    return run_engine(settings, args)[0]
+
+
+def run_engine(settings: Settings, args: argparse.Namespace) -> tuple[int, Engine]:
+    """``run``: the exit status, and the engine (its stats) for commands built on it."""
     engine, fatal = _engine(settings, args)
     printer = engine.plan_printer = PlanPrinter(engine)
     if settings.progress == "auto" and not sys.stderr.isatty():
@@ -279,12 +295,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             f"plan: {sum(planned.values())} items for {stats.images - stats.up_to_date} of {stats.images} images"
             + "".join(f"; {k}: {v}" for k, v in sorted(planned.items()))
         )
-        return EXIT_OK
+        return EXIT_OK, engine
     for line in [*summary_lines(stats), *engine.summaries]:
         log.info(line)
     if stats.interrupted:
-        return exit_for_signal(engine.stop_signal or signal.SIGINT.value)
-    return EXIT_FAILURES if fatal or stats.failed or engine.stats.unavailable_plugins else EXIT_OK
+        return exit_for_signal(engine.stop_signal or signal.SIGINT.value), engine
+    return (EXIT_FAILURES if fatal or stats.failed or engine.stats.unavailable_plugins else EXIT_OK), engine
 
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -385,8 +401,10 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
     """``run`` with the classify plugin alone, into the label set the flags name."""
-    if args.clean:
+    if args.clean:  # a set named on the command line counts as configured
         args.plugins = ["classify"]
+        if args.labels is not None or args.labels_file is not None:
+            settings, _ = classify_settings(settings, args)
         plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
         removed = corrections.clean(settings, plugins[0], args.paths)
         log.info("removed %d results of label lists no longer configured", removed)
@@ -396,7 +414,21 @@ def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
     if args.no_store:
         return _classify_in_memory(settings, args, mode)
     args.dry_run = args.retry_failed = args.refresh_stale = False
-    return cmd_run(settings, args)
+    code, engine = run_engine(settings, args)
+    wanted = {"truth": args.truth, "clusters": args.clusters, "report_dir": args.report}
+    if not args.refine and all(v is None for v in wanted.values()):
+        return code
+    if engine.stats.unavailable_plugins or engine.stats.interrupted:  # said already; nothing to take
+        return code
+    plugins, _, _, _ = _plugins(settings, args, check_requirements=True)
+    (plugin,) = plugins
+    collection = getattr(plugin, "collection")  # noqa: B009 - the classify plugin's own entry point
+    params = {"iterations": args.iterations, "guard": args.guard, "min_images": args.min_images}
+    options = {k: v for k, v in wanted.items() if v is not None} | {"refine": args.refine, "refine_params": params}
+    if args.uncertain is not None:
+        options["uncertain"] = args.uncertain
+    modes = [mode] if mode else list(plugin.enabled_modes())
+    return max(code, int(collection(settings, modes, args.paths, options)))
 
 
 def classify_settings(settings: Settings, args: argparse.Namespace) -> tuple[Settings, str | None]:

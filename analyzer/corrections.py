@@ -78,14 +78,18 @@ def clean(settings: Settings, plugin: AnalyzerPlugin, paths: Sequence[Path]) -> 
     from .survey import collect_status
 
     collect_status(settings, [plugin], paths)  # a walk: the index learns every sidecar there is
-    configured = {mode: set(plugin.model_ids(mode)) | {MANUAL} for mode in plugin.modes}
+    modes = set(plugin.modes)
+
+    def keep(mode: str, model: str) -> bool:
+        return mode in modes and (model == MANUAL or plugin.keeps(mode, model))
+
     planner = Planner([plugin], RunOptions())
     found, _ = digesters(planner, {plugin.name: plugin})
     removed = 0
     for target in resolve_targets(settings, paths, files=False):
         store = Store.open(target.root, settings)
         try:
-            removed += store.prune(found[plugin.name], lambda mode, model: model in configured.get(mode, ()))
+            removed += store.prune(found[plugin.name], keep)
         finally:
             store.close()
     return removed

@@ -53,9 +53,9 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 """The command ran, but some analyses failed or a plugin was unavailable; also any other error."""
 EXIT_USAGE = 2
+"""Bad arguments or settings (as argparse exits): nothing was done."""
 EXIT_PIPE = 141
 """The reader of the output went away (``| head``): what a shell reports for a process ended by SIGPIPE."""
-"""Bad arguments or settings (as argparse exits): nothing was done."""
 
 
 def exit_for_signal(signum: int) -> int:

@@ -225,6 +225,12 @@ class AnalyzerPlugin(ABC):
         models (two LLM providers, say) returns them all; :meth:`analyze` is called per model.
         """
 
+    def keeps(self, mode: str, model_id: str) -> bool:
+        """Whether a stored result of ``mode`` under ``model_id`` belongs to the current settings
+        (``--clean`` removes the others): by default, one of :meth:`model_ids`. A plugin that stores
+        results derived from those (a refinement of the whole collection, say) keeps them too."""
+        return model_id in self.model_ids(mode)
+
     @abstractmethod
     async def analyze(self, mode: str, model_id: str, images: Sequence[ImageRef]) -> Sequence[Outcome]:
         """Analyse a batch of images in one mode with one of :meth:`model_ids`; one outcome per image, in order.

@@ -336,6 +336,10 @@ class StagedSidecar:
     corrupt: bool
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class Store:
     """One root: its sidecars, index and id."""
 
@@ -553,13 +557,41 @@ class Store:
                 if not by_model:
                     del doc["analysis"][mode]
             else:
-                when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                by_model[MANUAL] = {"result": as_json(value), "created_at": when, "parameters": {"by": "hand"}}
-            stat = atomic_write_bytes(self.sidecar_path(rel, plugin.name), dumps(doc), self.owner)
-            row = digester.row(doc, stat)
-            rel_dir, _, name = rel.rpartition("/")
-            self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
-            self.index.commit()
+                by_model[MANUAL] = {"result": as_json(value), "created_at": _now(), "parameters": {"by": "hand"}}
+            self._write_doc(rel, digester, doc)
+        self.index.commit()
+
+    def put_result(
+        self,
+        rel: str,
+        digester: Digester,
+        mode: str,
+        model: str,
+        value: Any,
+        parameters: dict[str, Any],
+        image_hash: str,
+    ) -> bool:
+        """Record a result made outside a run (a refinement of a whole collection, say) beside the
+        image's others, if its sidecar still describes content ``image_hash``; False when the image
+        changed or its sidecar is gone (the result would describe other content). Blocking; raises
+        OSError; :meth:`commit` makes the index rows durable."""
+        plugin = digester.plugin
+        with locked([(self, rel, plugin.name)]):
+            doc, _ = self.read_or_set_aside(rel, plugin.name, set_aside=False)
+            if doc is None or doc["file_info"].get("hash") != image_hash:
+                return False
+            entry = {"result": as_json(value), "created_at": _now(), "parameters": as_json(parameters)}
+            merge_outcomes(
+                doc, info=doc["file_info"], plugin_version=plugin.version, results=[(mode, model, entry)], errors=[]
+            )
+            self._write_doc(rel, digester, doc)
+        return True
+
+    def _write_doc(self, rel: str, digester: Digester, doc: dict[str, Any]) -> None:
+        stat = atomic_write_bytes(self.sidecar_path(rel, digester.plugin.name), dumps(doc), self.owner)
+        row = digester.row(doc, stat)
+        rel_dir, _, name = rel.rpartition("/")
+        self.index.put_sidecar(rel_dir, name, digester.plugin.name, row.stat, row)
 
     def prune(self, digester: Digester, keep: Callable[[str, str], bool]) -> int:
         """Remove from every sidecar of the plugin the results and errors whose (mode, model id)
@@ -586,10 +618,7 @@ class Store:
                             del doc[section][mode]
                 if not changed:
                     continue
-                stat = atomic_write_bytes(self.sidecar_path(rel, plugin.name), dumps(doc), self.owner)
-                row = digester.row(doc, stat)
-                rel_dir, _, name = rel.rpartition("/")
-                self.index.put_sidecar(rel_dir, name, plugin.name, row.stat, row)
+                self._write_doc(rel, digester, doc)
                 removed += gone
         self.index.commit()
         return removed

@@ -5,7 +5,7 @@ Both sides run on the same randomly initialised models, the same label lists and
 images, in this one process, with clip-interrogator's default settings (chunk 2048, 2048
 intermediate flavors, 8-32 chain flavors, 3 classic flavors):
 
-- ``--arch tiny`` (the default, a quick run): a 2-layer CLIP and a 2-layer BLIP from
+- ``--arch tiny`` (the default, a quick run): a tiny CLIP (width 64, 3 text layers) and BLIP from
   analyzer_clip.testing, the models the test suite uses. Nearly all their time is Python work and
   text encoding, so the ratios are not those of real models.
 - ``--arch ViT-B-32`` (or ``ViT-L-14``, any open_clip architecture): open_clip's real
@@ -16,13 +16,15 @@ intermediate flavors, 8-32 chain flavors, 3 classic flavors):
   only the prompts are nonsense.
 
 clip-interrogator calls its five methods once per image and mode (each timed); the engine
-computes image features and captions once per batch and shares them between the modes, as the
-plugin does. Printed per mode: clip-interrogator's seconds, the analyzer's seconds and the ratio
-(wall clock; the ratio of CPU time beside it is less disturbed by other processes). An analyzer
-mode's time is the shared work it needs (image features and/or captions of its batches) plus its
-own work, timed inside one pass over all modes; "all" is that pass's wall time against the sum of
-clip-interrogator's five. Then where the time goes (text encoder, image encoder, caption model,
-the rest: Python, tokenizing, ranking).
+computes image features and captions once per batch (``--batch-size``) and shares them between
+the modes, as the plugin does. The two sides alternate image by image, so that other processes
+slow both alike. Printed per mode: clip-interrogator's seconds, the analyzer's seconds and the
+ratio (wall clock; the ratio of CPU time beside it is less disturbed by other processes). An
+analyzer mode's time is its own work plus the shared work it needs (its batches' image features
+and/or captions), which is what the plugin does when asked for that mode alone; "all" is all of
+the analyzer's work against the sum of clip-interrogator's calls. Then where the time goes (text
+encoder, image encoder, caption model, the rest: Python, tokenizing, ranking) and how many of
+the 2 cores each side kept busy.
 
 Every prompt is compared with clip-interrogator's, string for string; if any differs the
 differences are printed and the exit status is 1.
@@ -34,9 +36,13 @@ they are computed without the padding after each label's end token (the same fun
 token attends to later ones), which takes minutes instead of hours on a CPU, and a sample is
 checked against full-length encodings. Neither side's timing includes them.
 
-    python bench/bench_clip.py                               # tiny models, 8 images, shipped labels
-    python bench/bench_clip.py --arch ViT-B-32 --images 8    # real architecture (hours on a 2-core CPU)
-    python bench/bench_clip.py --arch ViT-B-32 --images 1 --modes fast,classic   # a quick estimate
+    python bench/bench_clip.py --tiny-labels      # tiny models, 8 images, 3,164 labels: about 10 minutes
+    python bench/bench_clip.py --arch ViT-B-32    # real architecture, 8 images: about 8 hours on 2 cores
+    python bench/bench_clip.py --arch ViT-B-32 --images 1 --modes caption,fast,classic   # minutes
+
+On a 2-core CPU, ViT-B-32's best and negative take clip-interrogator 20-30 minutes per image
+(every chain step encodes 2,048 prompts of 77 tokens); its label embeddings take about 15 minutes
+the first time.
 """
 
 from __future__ import annotations
@@ -96,6 +102,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny-labels", action="store_true", help="3,000 generated flavors, not the shipped lists")
     parser.add_argument(
         "--exact", action="store_true", help="also time best and negative without the prefix cache (slow)"
+    )
+    parser.add_argument(
+        "--intermediate",
+        type=int,
+        default=2048,
+        help="flavor_intermediate_count, both sides (default 2048, clip-interrogator's): the candidates each "
+        "step of best's and negative's chains encodes; smaller makes those modes proportionally quicker",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "analyzer" / "bench-clip")
@@ -237,6 +250,7 @@ def build_interrogator(args: argparse.Namespace) -> tuple[Any, str]:
         cache_path=str(args.cache_dir),
         quiet=True,
         caption_max_length=args.caption_length,
+        flavor_intermediate_count=args.intermediate,
     )
     if args.tiny_labels:
         config.data_path = str(tiny_label_data(args.work / "labels", flavors=3000))
@@ -305,8 +319,8 @@ def load_images(dirs: list[Path], count: int) -> tuple[list[Any], str]:
             used.append(f"{len(images) - before} from {folder}")
     real = len(images)
     sizes = sorted({f"{i.width}x{i.height}" for i in images})
-    for i in range(count - real):  # noise of varied sizes
-        images.append(Image.fromarray((np.random.RandomState(i).rand(64 + i, 80, 3) * 255).astype("uint8")))
+    for i in range(count - real):  # noise, about a generated picture's size (the models resize it)
+        images.append(Image.fromarray((np.random.RandomState(i).rand(512 + 8 * i, 512, 3) * 255).astype("uint8")))
     described = f"{count} images: " + (f"{real} real ({', '.join(used)}; sizes {', '.join(sizes)})" if real else "")
     if count > real:
         described += (" and " if real else "") + f"{count - real} generated (random noise)"
@@ -424,7 +438,8 @@ def main() -> int:
     print(f"  {models_line}")
     print(
         f"  {images_line}; {labels:,} labels + {len(ci.negative.labels)} negative; caption length "
-        f"{args.caption_length}; batches of {args.batch_size}; modes {', '.join(args.modes)}"
+        f"{args.caption_length}; batches of {args.batch_size}; {args.intermediate} intermediate flavors; "
+        f"modes {', '.join(args.modes)}"
     )
 
     meter = Meter()

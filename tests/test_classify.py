@@ -65,6 +65,13 @@ def test_a_new_label_list_costs_no_decode_and_no_image_encode(cli, photos, colou
     assert outcome.code == 0, outcome.log
     assert "classify: 4 done" in outcome.log  # a changed list is a new result...
     assert colours.prepared == 4 and colours.encoded_images == 4  # ...made from the stored embeddings
+    assert "was never loaded" not in outcome.log  # grey's prompts needed the model
+
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue")
+    again = cli("run", photos, "--plugins", "classify", "--force")
+
+    assert again.code == 0, again.log
+    assert "every embedding was stored, so the model" in again.log  # not even loaded
     doc = json.loads((photos / "poppy.png.classify.json").read_text())
     assert len(doc["analysis"]["colours"]) == 2  # the old list's result stays beside the new one
 

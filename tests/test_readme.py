@@ -150,7 +150,7 @@ def walk(tmp_path: Path) -> Walk:
 def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
     blocks = list(code_blocks(README.read_text()))
     shell = [commands(body) for lang, body in blocks if lang == "bash"]
-    setup, extras, tour, watching = shell
+    setup, extras, tour, collection, watching = shell
     dotenv = next(body for lang, body in blocks if lang == "dotenv")
     api = next(body for lang, body in blocks if lang == "python")
 
@@ -238,5 +238,13 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
     assert {row["mode"] for row in json.loads(sets.stdout)["results"]} == {"animals", "signs"}
     (walk.work / "analyzer.toml").unlink()
 
-    shown = {c for c in [*extras, *tour, *watching] if not c.startswith(".venv/bin/pip")}
+    # The whole collection (~/digits: a folder per class): no weights offline, so one message, exit 1.
+    for digit in "01":
+        ignore = shutil.ignore_patterns("*.json", "wildcards", ".analyzer")
+        shutil.copytree(PROJECT / "examples", walk.home / "digits" / digit, ignore=ignore)
+    for command in collection:
+        offline = walk.run(command, code=1)
+        assert offline.stderr.count("cannot load CLIP model") == 1 and "hf download" in offline.stderr
+
+    shown = {c for c in [*extras, *tour, *collection, *watching] if not c.startswith(".venv/bin/pip")}
     assert shown <= set(walk.seen), shown - set(walk.seen)

@@ -34,6 +34,8 @@ from analyzer.errors import ConfigError, PluginUnavailable
 from analyzer.images import DEFAULT_MAX_PIXELS, open_image
 from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result
 
+from .embedder import LazyEmbedder
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -282,13 +284,25 @@ class ClassifyPlugin(AnalyzerPlugin):
             from huggingface_hub import constants
 
             constants.HF_HUB_OFFLINE = offline = True
+        model_dir = str(self.opts.model_dir) if self.opts.model_dir else None
+        device = self._device()
+
+        def build() -> Embedder:
+            try:
+                return embedder.load(self.opts.model, device, model_dir)
+            except Exception as exc:  # missing weights, unknown names, no network: say what to do
+                raise PluginUnavailable(
+                    self.name, weights_advice(self.opts.model, None, self.opts.model_dir, exc, offline)
+                ) from exc
+
         try:
-            model_dir = str(self.opts.model_dir) if self.opts.model_dir else None
-            return embedder.load(self.opts.model, self._device(), model_dir)
-        except Exception as exc:  # missing weights, unknown names, no network: say what to do
+            embedder.check(self.opts.model, model_dir)
+        except Exception as exc:
             raise PluginUnavailable(
                 self.name, weights_advice(self.opts.model, None, self.opts.model_dir, exc, offline)
             ) from exc
+        # built when an image or a prompt must be encoded: not at all when every embedding is stored
+        return embedder.LazyEmbedder(self.opts.model, build)
 
     async def setup(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="analyzer-classify")
@@ -296,6 +310,9 @@ class ClassifyPlugin(AnalyzerPlugin):
         self.embedder = await loop.run_in_executor(self._executor, self._load)
 
     async def close(self) -> None:
+        lazy = self.embedder
+        if isinstance(lazy, LazyEmbedder) and not lazy.loaded and self._texts:
+            log.info("classify: every embedding was stored, so the model %s was never loaded", self.opts.model)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -310,17 +327,29 @@ class ClassifyPlugin(AnalyzerPlugin):
         """Classify images into a label set (blocking): stored embeddings first, the rest encoded once."""
         return self.scores(mode, self.image_vectors(images))
 
-    def scores(self, mode: str, vectors: Sequence[Matrix | Failure]) -> list[Outcome]:
-        """Each image's labels, scored against the set's label embeddings (failures passed through)."""
+    def scores(
+        self,
+        mode: str,
+        vectors: Sequence[Matrix | Failure],
+        against: Matrix | None = None,
+        bias: Matrix | None = None,
+        *,
+        tally: bool = True,
+    ) -> list[Outcome]:
+        """Each image's labels, scored against the set's label embeddings, or ``against`` (refined
+        prototypes, one row per label, with ``bias`` added to the logits: a refinement's per-class
+        log-priors at this temperature); failures passed through."""
         import numpy as np
 
-        texts = self.text_matrix(mode)
+        texts = self.text_matrix(mode) if against is None else against
         labels = list(self.label_prompts(mode))
         found = [v for v in vectors if not isinstance(v, Failure)]
         if not found:
             return [v for v in vectors if isinstance(v, Failure)]
         sims = np.stack(found) @ texts.T
         logits = sims / self.opts.temperature
+        if bias is not None:
+            logits += bias
         logits -= logits.max(axis=1, keepdims=True)
         conf = np.exp(logits)
         conf /= conf.sum(axis=1, keepdims=True)
@@ -334,7 +363,8 @@ class ClassifyPlugin(AnalyzerPlugin):
             i = next(rows)
             order = np.argsort(-conf[i], kind="stable")[:keep]
             top = labels[order[0]] if float(conf[i, order[0]]) >= self.opts.min_confidence else "unknown"
-            self.tally.setdefault(mode, Counter())[top] += 1
+            if tally:
+                self.tally.setdefault(mode, Counter())[top] += 1
             entries = [
                 {"label": labels[j], "score": round(float(sims[i, j]), 5), "confidence": round(float(conf[i, j]), 5)}
                 for j in order
@@ -408,13 +438,40 @@ class ClassifyPlugin(AnalyzerPlugin):
 
     def text_matrix(self, mode: str) -> Matrix:
         """One unit vector per label: the mean of its prompts' embeddings (each encoded once, cached on disk)."""
+        if mode not in self._texts:
+            self._texts[mode] = self.prompt_matrix(self.label_prompts(mode))
+        return self._texts[mode]
+
+    def bank_matrix(self) -> tuple[list[str], Matrix]:
+        """The concept bank's labels and their text embeddings (to name clusters of images)."""
+        prompts = LabelSet(bank=True).prompts(self.opts.templates)
+        return list(prompts), self.prompt_matrix(prompts)
+
+    def collection(self, settings: Any, modes: Sequence[str], paths: Sequence[Path], options: dict[str, Any]) -> int:
+        """The collection pass of ``analyzer classify --refine/--truth/--clusters/--report`` (see
+        :mod:`.collection`): each report printed; the exit status."""
+        from .collection import CollectionOptions, run_all
+        from .refine import RefineParams
+
+        params = RefineParams(**{k: v for k, v in options.pop("refine_params", {}).items() if v is not None})
+        reports = run_all(settings, self, modes, paths, CollectionOptions(params=params, **options))
+        for report in reports:
+            print(report.text, end="", flush=True)
+            log.info("report of %r written to %s", report.mode, report.folder)
+        return 0 if reports else 1
+
+    def keeps(self, mode: str, model_id: str) -> bool:
+        """Results of the current label list, and refinements of them (:mod:`.collection`)."""
+        from .collection import refined_base
+
+        return model_id in self.model_ids(mode) or refined_base(model_id) in self.model_ids(mode)
+
+    def prompt_matrix(self, prompts: dict[str, list[str]]) -> Matrix:
+        """One unit row per label of ``prompts`` (label -> its prompts), through the text cache."""
         import numpy as np
 
-        if mode in self._texts:
-            return self._texts[mode]
         embedder = self.embedder
         assert embedder is not None
-        prompts = self.label_prompts(mode)
         cache = EmbeddingStore(self.opts.cache_dir / "texts").model(self.opts.model)
         unique = list(dict.fromkeys(p for ps in prompts.values() for p in ps))
         missing = cache.missing(unique)
@@ -432,6 +489,5 @@ class ClassifyPlugin(AnalyzerPlugin):
         for label_prompts in prompts.values():
             mean = np.mean(np.stack([vectors[p] for p in label_prompts]), axis=0)
             rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-        matrix = np.stack(rows).astype(np.float32)
-        self._texts[mode] = matrix
+        matrix: Matrix = np.stack(rows).astype(np.float32)
         return matrix

@@ -2,13 +2,16 @@
 
 :class:`OpenClipEmbedder` is the real one (open_clip, loaded once per process and model id);
 tests put a small deterministic :class:`Embedder` of their own in its place with :func:`preload`.
+:class:`LazyEmbedder` builds one at its first use, so a relabel whose image and text embeddings
+are all stored never loads a model (seconds, and the model's memory, saved).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -78,6 +81,38 @@ class OpenClipEmbedder:
         self.device = "cpu"
 
 
+class LazyEmbedder:
+    """An :class:`Embedder` built by ``build`` when it is first asked for a vector (thread-safe)."""
+
+    def __init__(self, model_id: str, build: Callable[[], Embedder]) -> None:
+        self.model_id = model_id
+        self._build = build
+        self._inner: Embedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._inner is not None
+
+    def get(self) -> Embedder:
+        with self._lock:
+            if self._inner is None:
+                self._inner = self._build()
+            return self._inner
+
+    def prepare(self, image: Image.Image) -> Any:
+        return self.get().prepare(image)
+
+    def encode_images(self, prepared: Sequence[Any]) -> Matrix:
+        return self.get().encode_images(prepared)
+
+    def encode_texts(self, texts: Sequence[str]) -> Matrix:
+        return self.get().encode_texts(texts)
+
+    def to_cpu(self) -> None:
+        getattr(self.get(), "to_cpu", lambda: None)()
+
+
 _loaded: dict[tuple[str, str], Embedder] = {}
 _preloaded: dict[str, Embedder] = {}
 _load_lock = threading.Lock()
@@ -90,6 +125,24 @@ def preload(embedder: Embedder) -> None:
 
 def forget_preloaded() -> None:
     _preloaded.clear()
+
+
+def check(model_id: str, cache_dir: str | None = None) -> None:
+    """Raise what loading ``model_id`` would raise for weights that are missing and cannot be
+    downloaded, without building the model: they are fetched into the cache if they can be. A name
+    this cannot judge (an unknown tag, say) is loaded, so its error is open_clip's own."""
+    if model_id in _preloaded or any(key[0] == model_id for key in _loaded):
+        return
+    import open_clip
+
+    arch, _, pretrained = model_id.partition("/")
+    if not pretrained or os.path.isfile(pretrained):
+        return
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained) if arch in open_clip.list_models() else None
+    if cfg:
+        open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    else:
+        load(model_id, "cpu", cache_dir)
 
 
 def load(model_id: str, device: str, cache_dir: str | None = None) -> Embedder:
