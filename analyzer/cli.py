@@ -38,9 +38,10 @@ from .planner import STATES, RunOptions
 from .plugin import AnalyzerPlugin
 from .progress import RunStats, summary_lines
 from .registry import Unavailable, cannot_run, select_plugins, select_readers
+from .selector import Selector
 from .settings import Settings, load_settings
 from .store import Store, root_of_file
-from .survey import collect_status, rebuild_wildcards, show_values
+from .survey import collect_status, rebuild_wildcards, show_values, surveyed
 
 log = logging.getLogger("analyzer")
 
@@ -154,6 +155,46 @@ def build_parser() -> argparse.ArgumentParser:
     whole.add_argument("--uncertain", type=float, help="top-1 confidence below which an image is uncertain (0.5)")
     whole.add_argument("--report", type=Path, metavar="DIR", help="write report.txt/.json here")
     _common(classify)
+
+    export = sub.add_parser("export", help="make a training dataset from the stored results (no model runs)")
+    export.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders to export (default: roots)")
+    export.add_argument("--to", type=Path, required=True, metavar="OUT", help="the dataset folder (made or updated)")
+    export.add_argument("--layout", default="splits", choices=["classes", "splits", "imagefolder", "kohya"])
+    export.add_argument("--class", dest="label", metavar="SELECTOR", help="each image's class, e.g. classify.animals")
+    export.add_argument("--caption", metavar="SELECTOR|TEMPLATE", help="caption files: llm.describe, or '{a.b}, {c.d}'")
+    export.add_argument("--caption-ext", default=".txt", help="caption file extension (default .txt)")
+    export.add_argument("--min-confidence", type=float, help="images whose class is less confident than this...")
+    export.add_argument(
+        "--below", choices=["skip", "folder"], default="skip", help="...are left out, or go to _unsure/"
+    )
+    export.add_argument("--where", action="append", default=[], metavar="COND", help="only images where COND holds")
+    export.add_argument("--max-per-class", type=int, help="at most this many images per class (the most confident)")
+    export.add_argument("--repeats", type=int, default=1, help="kohya: the repeats in <repeats>_<class> (default 1)")
+    export.add_argument("--concept", default="images", help="kohya: the folder name without --class")
+    export.add_argument("--split", dest="ratios", default="70/15/15", help="train/val/test shares (default 70/15/15)")
+    export.add_argument("--seed", type=int, default=0, help="the seed of the split assignment (default 0)")
+    export.add_argument(
+        "--near-duplicates", type=float, default=0.95, help="cosine from which images are one group (0: exact only)"
+    )
+    export.add_argument("--embeddings", metavar="MODEL", help="the stored embeddings that find near-duplicates")
+    export.add_argument("--link", default="auto", choices=["auto", "reflink", "hard", "sym", "copy"])
+    export.add_argument("--resize", type=int, metavar="MAX", help="longest side at most MAX pixels (new files)")
+    export.add_argument("--strip-metadata", action="store_true", help="drop EXIF, GPS and generation parameters")
+    export.add_argument("--zip", type=Path, metavar="FILE", help="also stream the dataset into this ZIP file")
+    export.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    export.add_argument("--analyse", action="store_true", help="first compute the results the export reads")
+    export.add_argument("--include", action="append", help="only images matching this glob (repeatable)")
+    export.add_argument("--exclude", action="append", help="skip images/folders matching this glob (repeatable)")
+    _common(export)
+
+    prune = sub.add_parser("prune", help="list images whose class is not confident; --yes moves them to the trash")
+    prune.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders (default: roots)")
+    prune.add_argument("--class", dest="label", metavar="SELECTOR", help="the classification, e.g. classify.animals")
+    prune.add_argument("--min-confidence", type=float, help="images below this confidence are listed")
+    prune.add_argument("--where", action="append", default=[], metavar="COND", help="only images where COND holds")
+    prune.add_argument("--yes", action="store_true", help="move them (and their sidecars) into the trash")
+    prune.add_argument("--restore", metavar="TIME", help="put back what the prune at TIME moved")
+    _common(prune)
 
     label = sub.add_parser("label", help="correct a classification by hand: it wins over the model's")
     actions = label.add_subparsers(dest="action", required=True)
@@ -509,6 +550,84 @@ def cmd_label(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """A dataset from what the sidecars say: plan, apply, tables (see :mod:`analyzer.export`)."""
+    from .export.dataset import ExportOptions, run_export
+    from .export.items import Condition
+    from .selector import template_selectors
+
+    texts = [args.label] if args.label else []
+    caption = args.caption
+    if caption:
+        texts += [s.text for s in template_selectors(caption)] if "{" in caption else [caption]
+    selectors = [Selector.parse(t) for t in texts] + [Condition.parse(w).selector for w in args.where]
+    args.plugins = sorted({s.plugin for s in selectors}) or None
+    if args.analyse and selectors:
+        args.modes = sorted({s.mode for s in selectors})
+        args.force = args.dry_run = args.retry_failed = args.refresh_stale = False
+        code, _ = run_engine(settings, args)
+        if code not in (EXIT_OK, EXIT_FAILURES):
+            return code
+    plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
+    fields = {k: getattr(args, k) for k in ("layout", "label", "caption", "caption_ext", "min_confidence", "below")}
+    fields |= {k: getattr(args, k) for k in ("max_per_class", "repeats", "concept", "ratios", "seed", "embeddings")}
+    fields |= {k: getattr(args, k) for k in ("link", "resize", "strip_metadata", "zip", "dry_run")}
+    options = ExportOptions(to=args.to, where=tuple(args.where), near_duplicates=args.near_duplicates, **fields)
+    try:
+        result = run_export(settings, [*plugins, *readers], args.paths, options)
+    except OSError as exc:  # a full disk, say: what is done is journaled, and the next export resumes
+        raise AnalyzerError(f"export to {args.to} stopped: {exc}; run it again to resume") from exc
+    for line in result.plan.lines() if args.dry_run else result.plan.lines()[:1]:
+        print(line)
+    if not args.dry_run:
+        done = ", ".join(f"{n:,} {method}" for method, n in sorted(result.methods.items())) or "nothing to change"
+        log.info("exported %d images to %s (%s)", len(result.plan.wishes), result.out, done)
+        if result.zip_path is not None:
+            log.info("zip written: %s", result.zip_path)
+    return EXIT_OK
+
+
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    """List (and with ``--yes`` set aside) the images below a confidence; ``--restore`` puts them back."""
+    from . import prune
+    from .store import preferred_models, resolve_targets
+
+    if args.restore:
+        for target in resolve_targets(settings, args.paths, files=False):
+            store = Store.open(target.root, settings)
+            try:
+                log.info("%s: %d files put back", target.root, prune.restore(store, args.restore))
+            finally:
+                store.close()
+        return EXIT_OK
+    if args.label is None or args.min_confidence is None:
+        raise ConfigError("name the classification and the threshold: --class classify.SET --min-confidence X")
+    from .export.items import Condition
+
+    wanted = [Selector.parse(args.label), *(Condition.parse(w).selector for w in args.where)]
+    args.plugins = sorted({s.plugin for s in wanted})
+    plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
+    stores = surveyed(settings, plugins, args.paths)
+    try:
+        found = prune.below(stores, args.label, args.min_confidence, preferred_models(plugins), args.where)
+        for item in found:
+            conf = "-" if item.confidence is None else f"{item.confidence:.3f}"
+            print(f"{item.store.root / item.rel}\t{item.label}\t{conf}")
+        if not args.yes:
+            log.info(
+                "%d images below %g; --yes moves them (and their sidecars) to the trash",
+                len(found),
+                args.min_confidence,
+            )
+            return EXIT_OK
+        for root, folder in prune.trash(found).items():
+            log.info("%s: moved to %s; put back with: analyzer prune %s --restore %s", root, folder, root, folder.name)
+    finally:
+        for store in stores:
+            store.close()
+    return EXIT_OK
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """The effective settings as JSON; ``--sources``: where each value came from; ``--env-example``."""
     if args.env_example:
@@ -530,6 +649,8 @@ COMMANDS = {
     "show": cmd_show,
     "config": cmd_config,
     "classify": cmd_classify,
+    "export": cmd_export,
+    "prune": cmd_prune,
     "label": cmd_label,
 }
 

@@ -411,6 +411,20 @@ class EmbeddingStore:
                 )
             return self._models[model_id]
 
+    def models(self) -> list[str]:
+        """The ids of the models with embeddings stored here (each folder's ``model.json``)."""
+        found = []
+        try:
+            folders = sorted(p for p in self.folder.iterdir() if p.is_dir())
+        except OSError:
+            return []
+        for folder in folders:
+            try:
+                found.append(str(json.loads((folder / "model.json").read_text())["model"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return found
+
     def flush(self) -> None:
         with self._lock:
             models = list(self._models.values())

@@ -164,6 +164,15 @@ def collect_status(
     return status
 
 
+def surveyed(
+    settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path], readers: Sequence[AnalyzerPlugin] = ()
+) -> list[Store]:
+    """Walk the roots (folders) so that each index knows every image and sidecar there is now;
+    the open stores, one per root, for the caller to read and close (blocking)."""
+    stores, _ = _survey(settings, plugins, readers, paths, None, None)
+    return stores
+
+
 def rebuild_wildcards(settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path]) -> dict[str, int]:
     """Write the wildcard files from the sidecars as they are (blocking); lines per file name."""
     stores, _ = _survey(settings, plugins, (), paths, None, None)

@@ -135,3 +135,18 @@ def result(image: Path, mode: str, plugin: str = "metadata") -> Any:
     by_model = sidecar(image, plugin)["analysis"][mode]
     assert len(by_model) == 1
     return next(iter(by_model.values()))["result"]
+
+
+@pytest.fixture
+def colours(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The classify plugin's deterministic embedder (``ColourEmbedder``) in place of open_clip, and a
+    label set ``colours`` (red, green, blue)."""
+    from analyzer_classify import embedder
+    from analyzer_classify.testing import ColourEmbedder
+
+    fake = ColourEmbedder()
+    embedder.preload(fake)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__MODEL", fake.model_id)
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue")
+    yield fake
+    embedder.forget_preloaded()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,10 @@ import numpy as np
 
 from analyzer.embeddings import EmbeddingStore
 from analyzer_classify import embedder
-from analyzer_classify.testing import ColourEmbedder
 
 from conftest import make_image, result
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 30), (10, 30, 230)
-
-
-@pytest.fixture
-def colours(monkeypatch: pytest.MonkeyPatch) -> Iterator[ColourEmbedder]:
-    """The deterministic embedder in place of open_clip, and a label set ``colours``."""
-    fake = ColourEmbedder()
-    embedder.preload(fake)
-    monkeypatch.setenv("ANALYZER_CLASSIFY__MODEL", fake.model_id)
-    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__COLOURS", "red,green,blue")
-    yield fake
-    embedder.forget_preloaded()
 
 
 @pytest.fixture

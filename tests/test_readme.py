@@ -150,7 +150,7 @@ def walk(tmp_path: Path) -> Walk:
 def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
     blocks = list(code_blocks(README.read_text()))
     shell = [commands(body) for lang, body in blocks if lang == "bash"]
-    setup, extras, tour, collection, watching = shell
+    setup, extras, tour, datasets, collection, watching = shell
     dotenv = next(body for lang, body in blocks if lang == "dotenv")
     api = next(body for lang, body in blocks if lang == "python")
 
@@ -200,6 +200,15 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
             walk.run(command)
     assert "photo of a duck" in walk.run("analyzer show ~/sd-outputs/cat.png metadata.prompt").stdout
 
+    # Datasets, from the metadata the tour stored (no model runs).
+    for command in datasets:
+        walk.run(command)
+    by_sampler = walk.home / "datasets" / "by-sampler"
+    assert (by_sampler / "UniPC").is_dir() and (by_sampler / "labels.jsonl").is_file()
+    assert (walk.home / "datasets" / "lora.zip").is_file()
+    captions = list((walk.home / "datasets" / "lora").glob("10_images/*.txt"))
+    assert any(c.read_text() == "mytoken, photo of a duck\n" for c in captions)
+
     # The Python API example.
     done = subprocess.run(
         [sys.executable, "-c", api],
@@ -246,5 +255,5 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
         offline = walk.run(command, code=1)
         assert offline.stderr.count("cannot load CLIP model") == 1 and "hf download" in offline.stderr
 
-    shown = {c for c in [*extras, *tour, *collection, *watching] if not c.startswith(".venv/bin/pip")}
+    shown = {c for c in [*extras, *tour, *datasets, *collection, *watching] if not c.startswith(".venv/bin/pip")}
     assert shown <= set(walk.seen), shown - set(walk.seen)

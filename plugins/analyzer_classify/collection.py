@@ -256,6 +256,8 @@ def run(
     """Refine, group, measure and report one label set over one root's collection (blocking)."""
     import numpy as np
 
+    from . import metrics
+
     store = Store.open(target.root, settings)
     try:
         members = collect(store, plugin, mode, target)
@@ -284,8 +286,9 @@ def run(
         data["zero_shot"] = class_counts(zero_top, members.confidence, labels)
         refined_ranked: list[list[str]] | None = None
         refined_conf: list[float] = []
+        refined_scores: list[float] = []
         if options.refine:
-            refinement, ranked, refined_conf, written = refine_and_store(
+            refinement, ranked, refined_conf, refined_scores, written = refine_and_store(
                 store, plugin, digester, mode, members, texts, source, options.params, collection
             )
             data["refinement"] = refinement_data(refinement, options.params, written)
@@ -308,6 +311,9 @@ def run(
             }
         folder = options.report_dir or store.state_dir / "reports" / f"classify-{mode}"
         data["metrics"] = measure(target.root, members, refined_ranked, labels, options, folder)
+        if options.truth is None and refined_ranked:
+            top = [r[0] for r in refined_ranked]
+            data["metrics"]["refined"] = metrics.describe(refined_conf, refined_scores, top, labels, options.uncertain)
         text = report_text(data, data["metrics"].pop("text", None))
         write_report(folder, data, text)
         return Report(mode, target.root, folder, data, text)
@@ -325,9 +331,9 @@ def refine_and_store(
     source: Callable[[], Iterator[Matrix]],
     params: RefineParams,
     collection: str,
-) -> tuple[Refinement, list[list[str]], list[float], int]:
+) -> tuple[Refinement, list[list[str]], list[float], list[float], int]:
     """Refine, then store each image's refined result beside its zero-shot one; (refinement,
-    ranked labels, top-1 confidences, results written)."""
+    ranked labels, top-1 confidences, top-1 similarities, results written)."""
 
     labels = list(plugin.label_prompts(mode))
 
@@ -342,7 +348,7 @@ def refine_and_store(
             len(members),
             params.min_images,
         )
-        return refinement, [], [], 0
+        return refinement, [], [], [], 0
     digest = hashlib.sha256(f"{params.digest()}:{collection}".encode()).hexdigest()[:12]
     model_id = refined_model_id(plugin.model_ids(mode)[0], digest)
     parameters = {
@@ -358,6 +364,7 @@ def refine_and_store(
     bias = refinement.log_prior * (params.temperature / plugin.opts.temperature)
     ranked: list[list[str]] = []
     confidence: list[float] = []
+    scores: list[float] = []
     written = changed = 0
     row = 0
     for chunk in source():
@@ -367,6 +374,7 @@ def refine_and_store(
             value = outcome.value
             ranked.append([e["label"] for e in value["labels"]])
             confidence.append(float(value["confidence"]))
+            scores.append(float(value["labels"][0]["score"]))
             rel, image_hash = members.rels[row], members.hashes[row]
             if ranked[-1][0] != labels[refinement.labels[row]]:  # a tie broken the other way
                 log.debug("%s: refined top %s, refinement %s", rel, ranked[-1][0], labels[refinement.labels[row]])
@@ -383,7 +391,7 @@ def refine_and_store(
     if changed:
         log.warning("%d images changed while refining: their refined results were not stored", changed)
     log.info("refine %s: %d refined results stored as %s", mode, written, model_id)
-    return refinement, ranked, confidence, written
+    return refinement, ranked, confidence, scores, written
 
 
 def refinement_data(refinement: Refinement, params: RefineParams, written: int) -> dict[str, Any]:
@@ -496,7 +504,9 @@ def report_text(data: dict[str, Any], metrics_text: str | None) -> str:
     if metrics_text is not None:
         lines.append(f"\nagainst the truth ({found['with_truth']:,} images):\n{metrics_text}")
     else:
-        lines.append("\nwithout truth:\n" + json.dumps(found["zero_shot"], indent=2))
+        stats = {k: found[k] for k in ("zero_shot", "refined") if k in found}
+        lines.append("\nwithout truth (similarity and confidence of the top label, diversity, balance):")
+        lines.append(json.dumps(stats, indent=2))
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,1 @@
+"""`analyzer export`: datasets for training, made from what the sidecars already say."""

@@ -1,0 +1,582 @@
+"""Build (or bring up to date) a dataset folder from the store: plan, then apply, then tables.
+
+Layouts (``--layout``), each read by its consumer in the tests:
+
+- ``classes``: ``OUT/<class>/<image>`` (seed 002's class folders);
+- ``splits``: ``OUT/<split>/<class>/<image>``, what torchvision's ``ImageFolder`` reads per split;
+- ``imagefolder``: the same tree plus ``OUT/<split>/metadata.jsonl`` (``file_name``, ``label``,
+  ``text``: the caption, ``confidence``), what Hugging Face ``datasets.load_dataset("imagefolder")``
+  reads (with a metadata file it takes the label from there, not from the folder names);
+- ``kohya``: ``OUT/<repeats>_<class>/<image>`` with the caption in ``<stem>.txt`` beside it, as
+  kohya's sd-scripts read a DreamBooth-style folder (every image is training data: no splits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import AnalyzerError, ConfigError
+from ..images import DEFAULT_MAX_PIXELS
+from ..selector import Selector
+from ..settings import Settings
+from ..sidecar import atomic_write_bytes
+from ..store import Store
+from .items import Item, Missing, Wanted, read_items
+from .manifest import FOLDER, Entry, Journal, Manifest
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("classes", "splits", "imagefolder", "kohya")
+SPLIT_LAYOUTS = ("splits", "imagefolder")
+UNSURE = "_unsure"
+TABLES = ("labels.jsonl", "labels.csv", "metadata.json", "report.txt", "report.json")
+
+
+class MissingResults(AnalyzerError):
+    """Images lack the results an export reads: the message says which and how to get them."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    to: Path
+    layout: str = "splits"
+    label: str | None = None
+    """The selector of each image's class (``classify.animals``, ``metadata.parameters.sampler``)."""
+    caption: str | None = None
+    caption_ext: str = ".txt"
+    min_confidence: float | None = None
+    below: str = "skip"
+    """Images under ``min_confidence``: ``skip``, or ``folder`` (the ``_unsure`` class)."""
+    where: tuple[str, ...] = ()
+    max_per_class: int | None = None
+    repeats: int = 1
+    concept: str = "images"
+    """kohya's folder name when there is no class."""
+    ratios: str = "70/15/15"
+    seed: int = 0
+    near_duplicates: float = 0.95
+    """Cosine similarity from which two images are one duplicate group (0: identical files only)."""
+    embeddings: str | None = None
+    """The embedding model whose stored vectors find near-duplicates (default: any one stored)."""
+    link: str = "auto"
+    resize: int | None = None
+    strip_metadata: bool = False
+    zip: Path | None = None
+    dry_run: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images larger than this are refused by --resize/--strip-metadata (the max_image_pixels setting)."""
+
+    def check(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout {self.layout!r}: one of {', '.join(LAYOUTS)}")
+        if self.layout in ("classes", "splits") and self.label is None:
+            raise ConfigError(f"--layout {self.layout} sorts images into class folders: name the class with --class")
+        if self.below not in ("skip", "folder"):
+            raise ConfigError("--below is skip or folder")
+        if self.repeats < 1 or (self.max_per_class is not None and self.max_per_class < 1):
+            raise ConfigError("--repeats and --max-per-class are at least 1")
+        if not self.caption_ext.startswith(".") or "/" in self.caption_ext:
+            raise ConfigError(f"--caption-ext {self.caption_ext!r}: an extension such as .txt or .caption")
+
+    def recipe(self) -> str:
+        parts = ([f"resize={self.resize}"] if self.resize else []) + (["strip"] if self.strip_metadata else [])
+        return ",".join(parts)
+
+
+@dataclass
+class Wish:
+    """One image as the dataset should hold it."""
+
+    item: Item
+    path: str
+    split: str
+    caption_path: str | None
+
+
+@dataclass
+class Plan:
+    keep: list[Wish] = field(default_factory=list)
+    add: list[Wish] = field(default_factory=list)
+    move: list[tuple[str, Wish]] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    captions: list[Wish] = field(default_factory=list)
+    """Kept or moved images whose caption changed."""
+    wishes: list[Wish] = field(default_factory=list)
+    drift: Any = None
+    skipped: int = 0
+    duplicates: int = 0
+    """Images left out because the same content is exported already (copies in several places)."""
+
+    def lines(self) -> list[str]:
+        out = [
+            f"plan: {len(self.wishes):,} images: {len(self.add):,} to add, {len(self.move):,} to move, "
+            f"{len(self.remove):,} to remove, {len(self.keep):,} up to date, {len(self.captions):,} captions to "
+            f"rewrite; {self.skipped:,} left out by --where/--min-confidence/--max-per-class, "
+            f"{self.duplicates:,} copies of content exported once"
+        ]
+        out += [f"  add {w.item.path} -> {w.path}" for w in self.add[:20]]
+        out += [f"  move {old} -> {w.path}" for old, w in self.move[:20]]
+        out += [f"  remove {path}" for path in self.remove[:20]]
+        return out
+
+
+@dataclass
+class ExportResult:
+    plan: Plan
+    out: Path
+    methods: Counter[str] = field(default_factory=Counter)
+    zip_path: Path | None = None
+
+
+def check_out(out: Path, roots: Sequence[Path], zip_path: Path | None = None) -> None:
+    """Refuse an output folder inside an input (or holding one), a folder of other files, and a ZIP
+    inside the dataset."""
+    if out.is_dir() and not (out / FOLDER).is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--to {out} holds other files and no earlier export: choose a new or empty folder")
+    if zip_path is not None and zip_path.absolute().resolve().is_relative_to(out):
+        raise ConfigError(f"--zip {zip_path} is inside the dataset folder {out}: put it beside it")
+    for root in roots:
+        if out == root or out.is_relative_to(root):
+            raise ConfigError(f"--to {out} is inside the folder {root} being exported: choose a folder outside it")
+        if root.is_relative_to(out):
+            raise ConfigError(f"--to {out} holds the folder {root} being exported: choose another folder")
+
+
+def missing_message(missing: Missing, wanted: Wanted, paths: Sequence[Path]) -> str:
+    where = " ".join(str(p) for p in paths) or "PATH"
+    hints = []
+    for sel in wanted.selectors:
+        if sel.plugin == "classify":
+            refine = " --refine" if sel.after_at and sel.after_at.startswith("refined") else ""
+            hints.append(f"analyzer classify {where} --set {sel.mode}{refine}")
+        else:
+            hints.append(f"analyzer run {where} --plugins {sel.plugin} --modes {sel.mode}")
+    return (
+        "cannot export: some images lack the results it reads:\n  "
+        + "\n  ".join(missing.lines())
+        + "\nget them with: "
+        + "; ".join(dict.fromkeys(hints))
+        + " (or add --analyse to compute them first, or --where to leave those images out)"
+    )
+
+
+def plan_export(
+    stores: Sequence[Store],
+    options: ExportOptions,
+    preferred: Mapping[str, Mapping[str, Sequence[str]]],
+    paths: Sequence[Path],
+) -> tuple[Plan, Manifest]:
+    """What the export would do (blocking; writes nothing). Raises MissingResults, ConfigError."""
+    from .items import Condition
+
+    options.check()
+    wanted = Wanted(
+        label=Selector.parse(options.label) if options.label else None,
+        caption=options.caption,
+        where=tuple(Condition.parse(text) for text in options.where),
+    )
+    items, missing, skipped = read_items(
+        stores, wanted, preferred, min_confidence=options.min_confidence, below=options.below, unsure=UNSURE
+    )
+    if missing:
+        raise MissingResults(missing_message(missing, wanted, paths))
+    plan = Plan(skipped=skipped)
+    items, plan.duplicates = _once_per_content(items)
+    if options.max_per_class is not None:
+        items, capped = _cap(items, options.max_per_class, options.seed)
+        plan.skipped += capped
+    manifest = Manifest.load(options.to)
+    splits, plan.drift = _splits(items, stores, options, manifest)
+    plan.wishes = _wishes(items, splits, options)
+    _diff(plan, manifest, options)
+    return plan, manifest
+
+
+def _once_per_content(items: list[Item]) -> tuple[list[Item], int]:
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if item.hash not in seen:
+            seen.add(item.hash)
+            kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+def _cap(items: list[Item], limit: int, seed: int) -> tuple[list[Item], int]:
+    """At most ``limit`` per class: the most confident, ties by a seeded hash order (reproducible)."""
+    by_class: dict[str | None, list[Item]] = {}
+    for item in items:
+        by_class.setdefault(item.label, []).append(item)
+    kept: list[Item] = []
+    for group in by_class.values():
+        group.sort(key=lambda i: (-(i.confidence or 0.0), hashlib.sha256(f"{seed}:{i.hash}".encode()).hexdigest()))
+        kept += group[:limit]
+    order = {id(item): n for n, item in enumerate(items)}
+    kept.sort(key=lambda i: order[id(i)])
+    return kept, len(items) - len(kept)
+
+
+def _splits(
+    items: list[Item], stores: Sequence[Store], options: ExportOptions, manifest: Manifest
+) -> tuple[list[str], Any]:
+    if options.layout not in SPLIT_LAYOUTS:
+        return ["train"] * len(items), None
+    from .splits import SplitRatios, assign_splits, duplicate_groups
+
+    ratios = SplitRatios.parse(options.ratios)
+    hashes = [item.hash for item in items]
+    vectors, has_vector = _vectors(items, stores, options) if options.near_duplicates > 0 else (None, None)
+    groups = duplicate_groups(hashes, vectors, has_vector, threshold=options.near_duplicates or 1.0, seed=options.seed)
+    classes = [item.label or "" for item in items]
+    return assign_splits(hashes, classes, groups, ratios, options.seed, previous=manifest.splits())
+
+
+def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> tuple[Any, list[bool] | None]:
+    """The items' stored embeddings of one model, in the items' order (zeros where none), read in
+    chunks straight into one float32 matrix."""
+    import numpy as np
+
+    model = options.embeddings
+    if model is None:
+        found = sorted({name for store in stores for name in store.embeddings.models()})
+        if not found:
+            return None, None
+        model = found[0]
+    matrix: Any = None
+    has = [False] * len(items)
+    for store in stores:
+        rows = [n for n, item in enumerate(items) if item.root == store.root]
+        stored = store.embeddings.model(model)
+        for start in range(0, len(rows), 8192):
+            part = rows[start : start + 8192]
+            for n, vector in zip(part, stored.get([items[k].hash for k in part]), strict=True):
+                if vector is None:
+                    continue
+                if matrix is None:
+                    matrix = np.zeros((len(items), len(vector)), dtype=np.float32)
+                matrix[n] = vector
+                has[n] = True
+    return (matrix, has) if matrix is not None else (None, None)
+
+
+def _wishes(items: list[Item], splits: list[str], options: ExportOptions) -> list[Wish]:
+    from .files import FileNames, FolderNames
+
+    labels = sorted({item.label for item in items if item.label is not None})
+    prefix = f"{options.repeats}_" if options.layout == "kohya" else ""
+    folders = FolderNames(labels, max_bytes=255 - len(prefix.encode()))
+    names = FileNames()
+    wishes = []
+    for item, split in zip(items, splits, strict=True):
+        name = names.name_for(Path(item.rel).name, item.hash)
+        folder = folders.name(item.label) if item.label is not None else None
+        if options.layout == "classes":
+            rel = f"{folder}/{name}"
+        elif options.layout == "kohya":
+            rel = f"{options.repeats}_{folder or folders.name(options.concept)}/{name}"
+        else:
+            rel = f"{split}/{folder}/{name}" if folder else f"{split}/{name}"
+        caption = None
+        if options.caption is not None:
+            caption = str(Path(rel).with_suffix(options.caption_ext))
+        wishes.append(Wish(item, rel, split, caption))
+    return wishes
+
+
+def _digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
+    out = options.to
+    recipe = options.recipe()
+    wanted_paths = {w.path for w in plan.wishes}
+    movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
+    for wish in plan.wishes:
+        entry = manifest.files.get(wish.path)
+        same = (
+            entry is not None and entry.hash == wish.item.hash and entry.recipe == recipe and (out / wish.path).exists()
+        )
+        if same:
+            plan.keep.append(wish)
+            assert entry is not None
+            if entry.caption_digest != _digest(wish.item.caption) or entry.caption != wish.caption_path:
+                plan.captions.append(wish)
+            continue
+        old = [p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and (out / p).exists()]
+        if old:
+            movable[wish.item.hash].remove(old[0])
+            plan.move.append((old[0], wish))
+            plan.captions.append(wish)
+        else:
+            plan.add.append(wish)
+    moved = {old for old, _ in plan.move}
+    plan.remove = sorted(p for p in manifest.files if p not in wanted_paths and p not in moved)
+
+
+def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: Mapping[str, Any]) -> ExportResult:
+    """Carry the plan out, journaled (blocking): an interruption resumes on the next export."""
+    from .files import HARD_LINK_WARNING, place, transform
+
+    out = options.to
+    result = ExportResult(plan, out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(manifest)
+    warned = False
+    try:
+        for path in plan.remove:
+            entry = manifest.files[path]
+            _unlink(out / path)
+            if entry.caption:
+                _unlink(out / entry.caption)
+            journal.record(path, None)
+        for old, wish in plan.move:
+            entry = manifest.files[old]
+            (out / wish.path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / old, out / wish.path)
+            if entry.caption and (out / entry.caption).exists():
+                _unlink(out / entry.caption)
+            journal.record(old, None)
+            journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
+            result.methods["moved"] += 1
+        for wish in plan.add:
+            src, dst = wish.item.path, out / wish.path
+            if options.resize or options.strip_metadata:
+                transform(
+                    src,
+                    dst,
+                    max_side=options.resize,
+                    strip_metadata=options.strip_metadata,
+                    max_pixels=options.max_pixels,
+                )
+                method = "new"
+            else:
+                method = place(src, dst, options.link)
+            if method == "hard" and not warned:
+                warned = True
+                log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, out)
+            result.methods[method] += 1
+            journal.record(wish.path, _entry(wish, method, options, dst.stat().st_size))
+        for wish in [*plan.add, *plan.captions]:
+            entry = manifest.files[wish.path]
+            if entry.caption and entry.caption != wish.caption_path:  # another extension, or no caption now
+                _unlink(out / entry.caption)
+            if wish.caption_path is not None:
+                atomic_write_bytes(out / wish.caption_path, (wish.item.caption or "").encode() + b"\n")
+            journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
+        write_tables(out, plan, options, report)
+        _remove_empty_dirs(out)
+    except BaseException:
+        journal.abandon()
+        raise
+    journal.close(_options_record(options))
+    if options.zip is not None:
+        result.zip_path = write_zip(out, options.zip)
+    return result
+
+
+def _entry(wish: Wish, method: str, options: ExportOptions, size: int) -> Entry:
+    return Entry(
+        src=str(wish.item.path),
+        hash=wish.item.hash,
+        split=wish.split,
+        label=wish.item.label,
+        method=method,
+        size=size,
+        caption=wish.caption_path,
+        caption_digest=_digest(wish.item.caption) if wish.caption_path else None,
+        recipe=options.recipe(),
+    )
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _remove_empty_dirs(out: Path) -> None:
+    for folder, dirs, files in os.walk(out, topdown=False):
+        here = Path(folder)
+        if here == out or FOLDER in here.relative_to(out).parts:
+            continue
+        if not dirs and not files:
+            with contextlib.suppress(OSError):
+                here.rmdir()
+
+
+def _options_record(options: ExportOptions) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.__dict__.items()}
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[str, Any]) -> None:
+    """labels.jsonl, labels.csv, metadata.json, report.txt/.json (and imagefolder's metadata.jsonl)."""
+    lines = []
+    rows = io.StringIO()
+    table = csv.writer(rows, lineterminator="\n")
+    table.writerow(["path", "top1", "confidence"])
+    for wish in plan.wishes:
+        item = wish.item
+        record = {
+            "path": wish.path,
+            "labels": item.labels,
+            "top1": item.label,
+            "confidence": item.confidence,
+            "split": wish.split,
+            "source": str(item.path),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+        table.writerow([wish.path, item.label or "", "" if item.confidence is None else f"{item.confidence:.5f}"])
+    atomic_write_bytes(out / "labels.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+    atomic_write_bytes(out / "labels.csv", rows.getvalue().encode())
+    if options.layout == "imagefolder":
+        per_split: dict[str, list[str]] = {}
+        for wish in plan.wishes:
+            split_dir, _, rest = wish.path.partition("/")
+            entry: dict[str, Any] = {"file_name": rest, "label": wish.item.label, "text": wish.item.caption}
+            entry["confidence"] = wish.item.confidence
+            per_split.setdefault(split_dir, []).append(json.dumps(entry, ensure_ascii=False))
+        for split_dir, entries in per_split.items():
+            atomic_write_bytes(out / split_dir / "metadata.jsonl", ("\n".join(entries) + "\n").encode())
+    else:
+        per_split = {}
+    for stale in out.glob("*/metadata.jsonl"):  # a split that is empty now, or another layout before
+        if stale.parent.name not in per_split:
+            _unlink(stale)
+    counts = Counter((w.split, w.item.label) for w in plan.wishes)
+    per_class: dict[str, dict[str, int]] = {}
+    for (split, label), n in sorted(counts.items(), key=lambda kv: (str(kv[0][1]), kv[0][0])):
+        per_class.setdefault(str(label), {})[split] = n
+    metadata = {
+        "images": len(plan.wishes),
+        "layout": options.layout,
+        "class": options.label,
+        "caption": options.caption,
+        "splits": dict(Counter(w.split for w in plan.wishes)),
+        "per_class": per_class,
+        "drift": plan.drift.to_dict() if plan.drift is not None else None,
+        "options": _options_record(options),
+        "sources": sorted({str(w.item.root) for w in plan.wishes}),
+    }
+    atomic_write_bytes(out / "metadata.json", (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
+    text = report_text(metadata, report)
+    atomic_write_bytes(out / "report.txt", text.encode())
+    full = {"export": metadata, "classification": dict(report)}
+    atomic_write_bytes(
+        out / "report.json", (json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    )
+
+
+def report_text(metadata: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    splits = sorted(metadata["splits"])
+    lines = [
+        f"dataset: {metadata['images']:,} images, layout {metadata['layout']}, class {metadata['class']}, "
+        f"caption {metadata['caption']}",
+        "",
+        "images per class and split:",
+        "  " + "class".ljust(24) + "".join(f"{s:>10}" for s in splits),
+    ]
+    for label, by_split in metadata["per_class"].items():
+        lines.append("  " + label[:24].ljust(24) + "".join(f"{by_split.get(s, 0):>10,}" for s in splits))
+    if metadata["drift"]:
+        lines += ["", "split drift from the target ratios:", json.dumps(metadata["drift"], indent=2)]
+    if report.get("text"):
+        lines += ["", "classification report (from analyzer classify):", str(report["text"])]
+    return "\n".join(lines) + "\n"
+
+
+def classification_report(stores: Sequence[Store], label: str | None) -> dict[str, Any]:
+    """The refinement issue's report of the class's label set, if ``analyzer classify`` wrote one."""
+    if label is None:
+        return {}
+    sel = Selector.parse(label)
+    if sel.plugin != "classify":
+        return {}
+    for store in stores:
+        folder = store.state_dir / "reports" / f"classify-{sel.mode}"
+        try:
+            return {
+                "text": (folder / "report.txt").read_text(encoding="utf-8"),
+                "data": json.loads((folder / "report.json").read_text(encoding="utf-8")),
+                "from": str(folder),
+            }
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+# -- zip --------------------------------------------------------------------------------------------
+def write_zip(out: Path, target: Path) -> Path:
+    """The dataset folder streamed into a ZIP (images stored, tables deflated; memory flat)."""
+    target = target.resolve()
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            stream_zip(zip_members(out), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def zip_members(out: Path) -> list[tuple[str, Path]]:
+    found = []
+    for folder, dirs, files in os.walk(out):
+        dirs[:] = sorted(d for d in dirs if d != FOLDER)
+        for name in sorted(files):
+            path = Path(folder) / name
+            found.append((path.relative_to(out).as_posix(), path))
+    return found
+
+
+def stream_zip(members: Sequence[tuple[str, Path]], handle: Any, chunk: int = 1 << 20) -> None:
+    """Write ``(name in the archive, file)`` pairs as a ZIP to a binary file object, a chunk at a time."""
+    import zipfile
+
+    text = {".txt", ".json", ".jsonl", ".csv", ".caption"}
+    with zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
+        for name, path in members:
+            compress = zipfile.ZIP_DEFLATED if path.suffix.lower() in text else zipfile.ZIP_STORED
+            info = zipfile.ZipInfo.from_file(path, name)
+            info.compress_type = compress
+            with path.open("rb") as source, archive.open(info, "w", force_zip64=True) as dest:
+                shutil.copyfileobj(source, dest, chunk)
+
+
+def run_export(
+    settings: Settings,
+    plugins: Sequence[Any],
+    paths: Sequence[Path],
+    options: ExportOptions,
+) -> ExportResult:
+    """Walk the roots, plan, and (unless a dry run) export (blocking)."""
+    from ..store import preferred_models, resolve_targets
+    from ..survey import surveyed
+
+    roots = [target.root for target in resolve_targets(settings, paths, files=False)]
+    options = replace(options, to=options.to.absolute().resolve(), max_pixels=settings.max_image_pixels)
+    check_out(options.to, roots, options.zip)
+    stores = surveyed(settings, plugins, paths)
+    try:
+        plan, manifest = plan_export(stores, options, preferred_models(plugins), paths)
+        if options.dry_run:
+            return ExportResult(plan, options.to)
+        return apply_plan(plan, manifest, options, classification_report(stores, options.label))
+    finally:
+        for store in stores:
+            store.close()

@@ -1,0 +1,234 @@
+"""What goes into a dataset: each image's class, confidence, caption and filters, read from the store.
+
+Only stored results are read (selectors, :mod:`analyzer.selector`): no model runs here. A class
+selector naming a classification (a result with ``top`` and ``confidence``, as the ``classify``
+plugin stores them; a hand-given label wins, as everywhere) gives its top label and confidence;
+any other selector (``metadata.parameters.sampler``) gives its value as text. ``--where`` keeps
+the images whose results pass every condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..selector import MISSING, Selector, render_template, template_selectors, to_text
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+_CONDITION = re.compile(r"^(?P<sel>[^\s=!<>~]+)\s*(?:(?P<op>==|=|!=|>=|<=|>|<|~)\s*(?P<value>.*))?$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``SELECTOR`` (has a value), ``SELECTOR=TEXT``, ``!=``, ``~`` (contains), ``>``, ``>=``, ``<``, ``<=``
+    (numbers)."""
+
+    text: str
+    selector: Selector
+    op: str | None
+    value: str
+
+    @staticmethod
+    def parse(text: str) -> Condition:
+        match = _CONDITION.match(text.strip())
+        if match is None:
+            raise ConfigError(
+                f"--where {text!r}: expected SELECTOR, or SELECTOR then =, !=, ~, >, >=, <, <= and a value"
+            )
+        op = match["op"]
+        value = (match["value"] or "").strip()
+        if op in (">", ">=", "<", "<=") and _number(value) is None:
+            raise ConfigError(f"--where {text!r}: {op} compares numbers, and {value!r} is not one")
+        return Condition(text, Selector.parse(match["sel"]), "=" if op == "==" else op, value)
+
+    def test(self, value: Any) -> bool:
+        if value is MISSING:
+            return self.op == "!="
+        if self.op is None:
+            return value is not None and text_of(value) != ""
+        text = text_of(value)
+        if self.op == "=":
+            return text == self.value
+        if self.op == "!=":
+            return text != self.value
+        if self.op == "~":
+            return self.value.lower() in text.lower()
+        number, limit = _number(text), _number(self.value)
+        if number is None or limit is None:
+            return False
+        return {">": number > limit, ">=": number >= limit, "<": number < limit, "<=": number <= limit}[self.op]
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The selectors an export reads."""
+
+    label: Selector | None = None
+    caption: str | None = None
+    """A selector (``llm.describe``) or a template (``"mytoken, {classify.animals}"``)."""
+    where: tuple[Condition, ...] = ()
+
+    @property
+    def caption_selectors(self) -> list[Selector]:
+        if self.caption is None:
+            return []
+        if "{" in self.caption:
+            return template_selectors(self.caption)
+        return [Selector.parse(self.caption)]
+
+    @property
+    def selectors(self) -> list[Selector]:
+        found = [self.label] if self.label is not None else []
+        found += self.caption_selectors + [c.selector for c in self.where]
+        return list({s.text: s for s in found}.values())
+
+
+@dataclass
+class Item:
+    root: Path
+    rel: str
+    hash: str
+    size: int
+    label: str | None = None
+    """The class, as text (None: no class asked for)."""
+    confidence: float | None = None
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    """``[{name, score}]``, best first, for ``labels.jsonl`` (a classification's labels)."""
+    caption: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+
+@dataclass
+class Missing:
+    """Images an export cannot take as they are, by reason, with a few examples each."""
+
+    by_reason: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, path: Path) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        examples = self.by_reason.setdefault(reason, [])
+        if len(examples) < 5:
+            examples.append(str(path))
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{n:,} images: {reason} (e.g. {', '.join(self.by_reason[reason][:3])})"
+            for reason, n in sorted(self.counts.items(), key=lambda kv: -kv[1])
+        ]
+
+
+def classification(value: Any) -> tuple[str, float | None, list[dict[str, Any]]]:
+    """(label, confidence, labels) of a stored value: a classification's top label, else the text."""
+    if isinstance(value, Mapping) and isinstance(value.get("top"), str):
+        labels = [
+            {"name": e["label"], "score": e.get("confidence", e.get("score"))}
+            for e in value.get("labels", [])
+            if isinstance(e, Mapping) and isinstance(e.get("label"), str)
+        ]
+        confidence = value.get("confidence")
+        return value["top"], float(confidence) if isinstance(confidence, (int, float)) else None, labels
+    return to_text(value), None, []
+
+
+def text_of(value: Any) -> str:
+    """A value as caption or filter text: a classification's top label, else :func:`to_text`."""
+    if isinstance(value, Mapping) and isinstance(value.get("top"), str):
+        return str(value["top"])
+    return to_text(value)
+
+
+def images(store: Store) -> Iterator[tuple[str, str, int]]:
+    """(rel, content hash, size) of every image of the store whose hash is known and current."""
+    for rel_dir in sorted(store.index.dirs()):
+        rows = store.index.load_dir(rel_dir)
+        for name in sorted(rows):
+            row = rows[name]
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if row.hash is None or row.stat is None:
+                yield rel, "", 0
+                continue
+            try:
+                st = os.stat(store.root / rel)
+            except OSError:
+                continue  # gone since the walk
+            if (st.st_size, st.st_mtime_ns) != tuple(row.stat):
+                yield rel, "", 0  # changed since its hash was taken: its results describe other content
+                continue
+            yield rel, row.hash, st.st_size
+
+
+def read_items(
+    stores: Sequence[Store],
+    wanted: Wanted,
+    preferred: Mapping[str, Mapping[str, Sequence[str]]],
+    *,
+    min_confidence: float | None = None,
+    below: str = "skip",
+    unsure: str = "_unsure",
+) -> tuple[list[Item], Missing, int]:
+    """Every image with what the export needs (blocking): (items, the images missing a result,
+    how many ``--where`` or ``--min-confidence`` left out)."""
+    selectors = wanted.selectors
+    items: list[Item] = []
+    missing = Missing()
+    left_out = 0
+    for store in stores:
+        for rel, image_hash, size in images(store):
+            path = store.root / rel
+            if not image_hash:
+                missing.add("not analysed since it was added or changed", path)
+                continue
+            values, failed = store.values(rel, image_hash, selectors, preferred) if selectors else ({}, set())
+            if not all(c.test(values[c.selector.text]) for c in wanted.where):
+                left_out += 1
+                continue
+            item = Item(store.root, rel, image_hash, size)
+            if wanted.label is not None:
+                value = values[wanted.label.text]
+                if value is MISSING:
+                    why = "failed" if wanted.label.text in failed else "no result"
+                    missing.add(f"{why} for {wanted.label.text}", path)
+                    continue
+                item.label, item.confidence, item.labels = classification(value)
+                if min_confidence is not None and (item.confidence is None or item.confidence < min_confidence):
+                    if below == "skip":
+                        left_out += 1
+                        continue
+                    item.label = unsure
+            if wanted.caption is not None:
+                item.caption = caption_of(wanted, values, path.name)
+            items.append(item)
+    return items, missing, left_out
+
+
+def caption_of(wanted: Wanted, values: Mapping[str, Any], file_name: str) -> str:
+    assert wanted.caption is not None
+    if "{" in wanted.caption:
+        texts = {s.text: "" if values[s.text] is MISSING else text_of(values[s.text]) for s in wanted.caption_selectors}
+        return render_template(wanted.caption, texts, file_name)
+    value = values[wanted.caption]
+    return "" if value is MISSING else text_of(value)

@@ -1,0 +1,268 @@
+"""`analyzer export`: a classified folder becomes a dataset its trainer reads, and stays up to date.
+
+Every layout is read back by its consumer: torchvision's ``ImageFolder``, Hugging Face
+``datasets``' imagefolder builder, and kohya's folder and caption conventions, file by file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("open_clip", reason="the clip extra is not installed")
+
+from analyzer_classify.testing import ColourEmbedder
+
+from conftest import make_image
+
+RED, GREEN, BLUE = (220, 20, 20), (20, 200, 30), (10, 30, 230)
+
+
+@pytest.fixture(autouse=True)
+def colour_model(colours: ColourEmbedder) -> ColourEmbedder:
+    """Every test here classifies with the colour embedder (the ``colours`` fixture of conftest)."""
+    return colours
+
+
+@pytest.fixture
+def photos(tmp_path: Path, cli) -> Path:  # type: ignore[no-untyped-def]
+    """Twenty classified photos: eight red, six green, six blue, each a slightly different shade."""
+    root = tmp_path / "photos"
+    for colour, rgb, n in (("red", RED, 8), ("green", GREEN, 6), ("blue", BLUE, 6)):
+        for i in range(n):
+            shade = tuple(max(0, min(255, v + 7 * i - 20)) for v in rgb)
+            make_image(root / f"{colour}-{i}.png", size=(12, 12), color=shade)
+    outcome = cli("run", root, "--plugins", "classify")
+    assert outcome.code == 0, outcome.log
+    return root
+
+
+def exported(out: Path) -> list[str]:
+    return sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".analyzer-export" not in p.parts
+    )
+
+
+def test_splits_are_read_by_torchvision_imagefolder(cli, photos, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "dataset"
+    # every shade of a colour is a near-duplicate to the colour embedder: count identical files only
+    outcome = cli(
+        "export", photos, "--to", out, "--layout", "splits", "--class", "classify.colours", "--near-duplicates", "0"
+    )
+
+    assert outcome.code == 0, outcome.log
+    total = 0
+    for split in ("train", "val", "test"):
+        found = ImageFolder(str(out / split))
+        assert set(found.classes) <= {"red", "green", "blue"}
+        for path, index in found.samples:
+            assert Path(path).name.startswith(found.classes[index])  # red-3.png sits in red/
+        total += len(found)
+    assert total == 20
+    assert len(list((out / "train").rglob("*.png"))) == 14  # 70% of 20, stratified: 6 + 4 + 4 (rounded per class)
+    for image in photos.glob("*.png"):
+        assert image.is_file()  # sources untouched
+
+
+def test_imagefolder_is_read_by_hugging_face_datasets(cli, photos, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed")
+
+    out = tmp_path / "hf"
+    outcome = cli(
+        "export",
+        photos,
+        "--to",
+        out,
+        "--layout",
+        "imagefolder",
+        "--class",
+        "classify.colours",
+        "--caption",
+        "a photo, {classify.colours}",
+        "--near-duplicates",
+        "0",
+    )
+
+    assert outcome.code == 0, outcome.log
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf-cache"))
+    assert set(loaded) == {"train", "validation", "test"}
+    train = loaded["train"]
+    assert set(train["label"]) <= {"red", "green", "blue"}
+    for row in train:
+        assert row["text"] == f"a photo, {row['label']}"
+        assert row["image"].size == (12, 12)
+    assert sum(len(loaded[s]) for s in loaded) == 20
+
+
+def test_kohya_folders_and_captions_file_by_file(cli, photos, tmp_path):
+    out = tmp_path / "kohya"
+    outcome = cli(
+        "export",
+        photos,
+        "--to",
+        out,
+        "--layout",
+        "kohya",
+        "--class",
+        "classify.colours",
+        "--repeats",
+        "10",
+        "--caption",
+        "mytoken, {classify.colours}",
+    )
+
+    assert outcome.code == 0, outcome.log
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == ["10_blue", "10_green", "10_red"]
+    for image in (out / "10_red").glob("*.png"):
+        caption = image.with_suffix(".txt")
+        assert caption.read_text() == "mytoken, red\n"  # kohya: the caption beside the image, same stem
+    assert len(list((out / "10_red").glob("*.png"))) == 8
+
+
+def test_a_second_export_adds_moves_and_removes_and_keeps_every_split(cli, photos, tmp_path):
+    out = tmp_path / "dataset"
+    cli("export", photos, "--to", out, "--class", "classify.colours", "--near-duplicates", "0")
+    first = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    split_of = {entry["hash"]: entry["split"] for entry in first.values()}
+
+    make_image(photos / "green-new.png", size=(12, 12), color=(25, 190, 40))  # new
+    (photos / "blue-5.png").unlink()  # gone
+    relabel = cli("label", "set", photos / "red-0.png", "blue", "--set", "colours")  # a new label moves it
+    assert relabel.code == 0, relabel.log
+    cli("run", photos, "--plugins", "classify")
+    again = cli("export", photos, "--to", out, "--class", "classify.colours", "--near-duplicates", "0")
+
+    assert again.code == 0, again.log
+    files = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    assert len(files) == 20
+    assert not any("blue-5" in path for path in files)
+    (red0,) = [path for path, entry in files.items() if entry["src"].endswith("red-0.png")]
+    assert red0.split("/")[1] == "blue"
+    for entry in files.values():
+        if entry["hash"] in split_of:
+            assert entry["split"] == split_of[entry["hash"]]  # no earlier image changed split
+    assert exported(out) == sorted([*files, "labels.csv", "labels.jsonl", "metadata.json", "report.json", "report.txt"])
+
+
+def test_near_duplicates_never_straddle_splits(cli, photos, tmp_path):
+    out = tmp_path / "dataset"
+    outcome = cli("export", photos, "--to", out, "--class", "classify.colours")  # cosine 0.95 by default
+
+    assert outcome.code == 0, outcome.log
+    files = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    splits_of_colour: dict[str, set[str]] = {}
+    for entry in files.values():
+        splits_of_colour.setdefault(entry["label"], set()).add(entry["split"])
+    assert all(len(splits) == 1 for splits in splits_of_colour.values())  # each colour's shades: one group
+    assert "groups" in json.loads((out / "metadata.json").read_text())["drift"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(cli, photos, tmp_path):
+    out = tmp_path / "dataset"
+    outcome = cli("export", photos, "--to", out, "--class", "classify.colours", "--dry-run")
+
+    assert outcome.code == 0, outcome.log
+    assert "plan: 20 images: 20 to add" in outcome.out
+    assert not out.exists()
+
+
+def test_missing_results_are_named_with_the_command_that_makes_them(cli, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__SHAPES", "round,square")
+
+    outcome = cli("export", photos, "--to", tmp_path / "out", "--class", "classify.shapes")
+
+    assert outcome.code == 1
+    assert "20 images: no result for classify.shapes" in outcome.err
+    assert "analyzer classify" in outcome.err and "--set shapes" in outcome.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_inside_the_input_is_refused(cli, photos):
+    outcome = cli("export", photos, "--to", photos / "dataset", "--class", "classify.colours")
+
+    assert outcome.code == 2
+    assert "inside the folder" in outcome.err
+
+
+def test_labels_that_are_no_valid_folder_names_are_kept_apart(cli, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__ODD", "a/b,a_b,CON,..")
+    cli("run", photos, "--plugins", "classify")
+    for name, label in (("red-0.png", "a/b"), ("red-1.png", "a_b"), ("green-0.png", "CON"), ("blue-0.png", "..")):
+        assert cli("label", "set", photos / name, label, "--set", "odd").code == 0
+
+    out = tmp_path / "odd"
+    outcome = cli("export", photos, "--to", out, "--layout", "classes", "--class", "classify.odd")
+
+    assert outcome.code == 0, outcome.log
+    folders = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".analyzer")]
+    assert len({p.name for p in folders}) == len(folders) >= 4
+    for folder in folders:
+        assert folder.parent == out and "/" not in folder.name and folder.name not in ("..", ".", "CON")
+    records = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    by_label = {r["top1"]: r["path"].split("/")[0] for r in records}
+    assert by_label["a/b"] != by_label["a_b"]  # alike once cleaned up, kept apart
+
+
+def test_zip_holds_the_dataset(cli, photos, tmp_path):
+    out = tmp_path / "dataset"
+    outcome = cli("export", photos, "--to", out, "--class", "classify.colours", "--zip", tmp_path / "dataset.zip")
+
+    assert outcome.code == 0, outcome.log
+    with zipfile.ZipFile(tmp_path / "dataset.zip") as archive:
+        assert sorted(archive.namelist()) == exported(out)
+        assert archive.read("labels.csv") == (out / "labels.csv").read_bytes()
+
+
+def test_an_interrupted_export_resumes(cli, photos, tmp_path, monkeypatch):
+    from analyzer.export import files
+
+    real = files.place
+    calls = {"n": 0}
+
+    def failing(src: Path, dst: Path, link: str = "auto") -> str:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise OSError(28, "No space left on device")
+        return real(src, dst, link)
+
+    out = tmp_path / "dataset"
+    monkeypatch.setattr(files, "place", failing)
+    stopped = cli("export", photos, "--to", out, "--class", "classify.colours")
+    monkeypatch.setattr(files, "place", real)
+
+    assert stopped.code == 1
+    assert "No space left on device" in stopped.err and "run it again to resume" in stopped.err
+    assert (out / ".analyzer-export" / "journal.jsonl").is_file()
+    resumed = cli("export", photos, "--to", out, "--class", "classify.colours")
+    assert resumed.code == 0, resumed.log
+    assert "6 up to date" in resumed.out  # the six placed before the failure are not placed again
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
+    assert len(json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]) == 20
+
+
+def test_prune_lists_then_sets_aside_then_restores(cli, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__PETS", "cat,dog")  # no photo looks like either: 50/50
+    cli("run", photos, "--plugins", "classify")
+    ask = ("--class", "classify.pets", "--min-confidence", "0.9", "--where", "classify.colours=green")
+
+    listed = cli("prune", photos, *ask)
+    assert listed.code == 0, listed.log
+    doubtful = sorted(line.split("\t")[0] for line in listed.out.splitlines())
+    assert doubtful == sorted(str(photos / f"green-{i}.png") for i in range(6))
+
+    moved = cli("prune", photos, *ask, "--yes")
+    assert moved.code == 0, moved.log
+    assert not any(os.path.exists(p) for p in doubtful)
+    assert not any(os.path.exists(p + ".classify.json") for p in doubtful)  # sidecars went with them
+    (trash,) = (photos / ".analyzer" / "trash").iterdir()
+
+    back = cli("prune", photos, "--restore", trash.name)
+    assert back.code == 0, back.log
+    assert all(os.path.exists(p) and os.path.exists(p + ".classify.json") for p in doubtful)
