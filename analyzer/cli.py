@@ -607,9 +607,12 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     wanted = [Selector.parse(args.label), *(Condition.parse(w).selector for w in args.where)]
     args.plugins = sorted({s.plugin for s in wanted})
     plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
-    stores = surveyed(settings, plugins, args.paths)
+    seen: dict[Path, list[str]] = {}
+    stores = surveyed(
+        settings, plugins, args.paths, seen=lambda store, rel: seen.setdefault(store.root, []).append(rel)
+    )
     try:
-        found = prune.below(stores, args.label, args.min_confidence, preferred_models(plugins), args.where)
+        found = prune.below(stores, args.label, args.min_confidence, preferred_models(plugins), args.where, seen)
         for item in found:
             conf = "-" if item.confidence is None else f"{item.confidence:.3f}"
             print(f"{item.store.root / item.rel}\t{item.label}\t{conf}")

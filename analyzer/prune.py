@@ -40,10 +40,11 @@ def below(
     min_confidence: float,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     where: Sequence[str] = (),
+    found: Mapping[Path, Sequence[str]] | None = None,
 ) -> list[Pruned]:
     """The images whose ``label`` result is less confident than ``min_confidence`` (or has none)."""
     wanted = Wanted(label=Selector.parse(label), where=tuple(Condition.parse(w) for w in where))
-    items, _, _ = read_items(stores, wanted, preferred)
+    items, _, _ = read_items(stores, wanted, preferred, found=found)
     by_root = {store.root: store for store in stores}
     return [
         Pruned(by_root[item.root], item.rel, item.label, item.confidence)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,7 @@ def _survey(
     paths: Sequence[Path],
     counts: Counter[tuple[str, str, str, str]] | None,
     failures: list[Failed] | None = None,
+    seen: Callable[[Store, str], None] | None = None,
 ) -> tuple[list[Store], RunStats]:
     """Walk the roots, index what the sidecars say, tally item states into ``counts`` and, given
     ``failures``, collect every failed item with its error (blocking)."""
@@ -69,6 +70,8 @@ def _survey(
     stats = RunStats()
 
     def tally(store: Store, rel: str, rows: dict[str, SidecarRow | None]) -> None:
+        if seen is not None:
+            seen(store, rel)
         if counts is not None:
             planner.tally(rows, counts)
         if failures is not None:
@@ -80,7 +83,7 @@ def _survey(
         include=settings.include,
         exclude=settings.exclude,
         follow_symlinks=settings.follow_symlinks,
-        on_up_to_date=tally if counts is not None or failures is not None else None,  # wildcards: nothing per image
+        on_up_to_date=tally if counts is not None or failures is not None or seen else None,  # wildcards: nothing
         stats=stats,
     )
     stores = [
@@ -165,11 +168,16 @@ def collect_status(
 
 
 def surveyed(
-    settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path], readers: Sequence[AnalyzerPlugin] = ()
+    settings: Settings,
+    plugins: Sequence[AnalyzerPlugin],
+    paths: Sequence[Path],
+    readers: Sequence[AnalyzerPlugin] = (),
+    seen: Callable[[Store, str], None] | None = None,
 ) -> list[Store]:
-    """Walk the roots (folders) so that each index knows every image and sidecar there is now;
-    the open stores, one per root, for the caller to read and close (blocking)."""
-    stores, _ = _survey(settings, plugins, readers, paths, None, None)
+    """Walk the roots (folders) so that each index knows every image and sidecar there is now,
+    calling ``seen(store, rel)`` for every image found; the open stores, one per root, for the
+    caller to read and close (blocking)."""
+    stores, _ = _survey(settings, plugins, readers, paths, None, None, seen)
     return stores
 
 

@@ -266,3 +266,110 @@ def test_prune_lists_then_sets_aside_then_restores(cli, photos, tmp_path, monkey
     back = cli("prune", photos, "--restore", trash.name)
     assert back.code == 0, back.log
     assert all(os.path.exists(p) and os.path.exists(p + ".classify.json") for p in doubtful)
+
+
+def test_resize_and_strip_make_new_files_without_the_generation_parameters(cli, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "renders"
+    params = "a red square\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x32"
+    make_image(root / "big.png", size=(64, 32), color=RED, text={"parameters": params})
+    assert cli("run", root, "--plugins", "metadata,classify").code == 0
+
+    out = tmp_path / "shared"
+    outcome = cli(
+        "export",
+        root,
+        "--to",
+        out,
+        "--layout",
+        "classes",
+        "--class",
+        "classify.colours",
+        "--resize",
+        "16",
+        "--strip-metadata",
+        "--caption",
+        "metadata.prompt",
+    )
+
+    assert outcome.code == 0, outcome.log
+    exported_image = out / "red" / "big.png"
+    with Image.open(exported_image) as image:
+        assert image.size == (16, 8)
+        assert "parameters" not in image.info
+    assert exported_image.stat().st_ino != (root / "big.png").stat().st_ino  # a new file, never a link
+    assert (out / "red" / "big.txt").read_text() == "a red square\n"
+    with Image.open(root / "big.png") as original:
+        assert original.size == (64, 32) and "parameters" in original.info  # the source is untouched
+
+
+def test_unsure_images_go_to_their_own_folder_and_classes_are_capped(cli, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANALYZER_CLASSIFY__LABELS__PETS", "cat,dog")  # every photo 50/50: all unsure
+    cli("run", photos, "--plugins", "classify")
+    out = tmp_path / "pets"
+
+    outcome = cli(
+        "export",
+        photos,
+        "--to",
+        out,
+        "--layout",
+        "classes",
+        "--class",
+        "classify.pets",
+        "--min-confidence",
+        "0.9",
+        "--below",
+        "folder",
+    )
+    assert outcome.code == 0, outcome.log
+    assert {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")} == {"_unsure"}
+
+    capped = tmp_path / "capped"
+    outcome = cli(
+        "export", photos, "--to", capped, "--layout", "classes", "--class", "classify.colours", "--max-per-class", "2"
+    )
+    assert outcome.code == 0, outcome.log
+    assert sorted(
+        len(list(d.glob("*.png"))) for d in capped.iterdir() if d.is_dir() and not d.name.startswith(".")
+    ) == [2, 2, 2]
+
+
+def test_an_image_deleted_after_planning_is_left_out_and_the_rest_exported(cli, photos, tmp_path, monkeypatch):
+    from analyzer.export import files
+
+    real = files.place
+
+    def vanishing(src: Path, dst: Path, link: str = "auto") -> str:
+        if src.name == "green-2.png":
+            src.unlink()  # deleted by someone else between the plan and its file
+        return real(src, dst, link)
+
+    monkeypatch.setattr(files, "place", vanishing)
+    out = tmp_path / "dataset"
+    outcome = cli("export", photos, "--to", out, "--layout", "classes", "--class", "classify.colours")
+
+    assert outcome.code == 0, outcome.log
+    assert "green-2.png: not exported: gone since it was analysed" in outcome.log
+    assert len(json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]) == 19
+    assert "green-2" not in (out / "labels.csv").read_text()
+
+
+def test_analyse_computes_the_missing_results_first(cli, tmp_path):
+    root = tmp_path / "new"
+    for i, rgb in enumerate([RED, GREEN, BLUE]):
+        make_image(root / f"{i}.png", size=(8, 8), color=rgb)
+
+    refused = cli("export", root, "--to", tmp_path / "a", "--layout", "classes", "--class", "classify.colours")
+    assert refused.code == 1 and "3 images: not analysed since it was added or changed" in refused.err
+
+    outcome = cli(
+        "export", root, "--to", tmp_path / "b", "--layout", "classes", "--class", "classify.colours", "--analyse"
+    )
+    assert outcome.code == 0, outcome.log
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "blue",
+        "green",
+        "red",
+    ]

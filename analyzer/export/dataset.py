@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import AnalyzerError, ConfigError
+from ..errors import AnalyzerError, ConfigError, ImageError
 from ..images import DEFAULT_MAX_PIXELS
 from ..selector import Selector
 from ..settings import Settings
@@ -118,6 +118,12 @@ class Plan:
     skipped: int = 0
     duplicates: int = 0
     """Images left out because the same content is exported already (copies in several places)."""
+    left_out: set[str] = field(default_factory=set)
+    """Paths not exported after all: the source vanished or could not be decoded."""
+
+    @property
+    def exported(self) -> list[Wish]:
+        return [w for w in self.wishes if w.path not in self.left_out]
 
     def lines(self) -> list[str]:
         out = [
@@ -177,6 +183,7 @@ def plan_export(
     options: ExportOptions,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     paths: Sequence[Path],
+    found: Mapping[Path, Sequence[str]] | None = None,
 ) -> tuple[Plan, Manifest]:
     """What the export would do (blocking; writes nothing). Raises MissingResults, ConfigError."""
     from .items import Condition
@@ -188,7 +195,13 @@ def plan_export(
         where=tuple(Condition.parse(text) for text in options.where),
     )
     items, missing, skipped = read_items(
-        stores, wanted, preferred, min_confidence=options.min_confidence, below=options.below, unsure=UNSURE
+        stores,
+        wanted,
+        preferred,
+        found=found,
+        min_confidence=options.min_confidence,
+        below=options.below,
+        unsure=UNSURE,
     )
     if missing:
         raise MissingResults(missing_message(missing, wanted, paths))
@@ -328,48 +341,16 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
 
 def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: Mapping[str, Any]) -> ExportResult:
     """Carry the plan out, journaled (blocking): an interruption resumes on the next export."""
-    from .files import HARD_LINK_WARNING, place, transform
-
     out = options.to
     result = ExportResult(plan, out)
     out.mkdir(parents=True, exist_ok=True)
     journal = Journal(manifest)
-    warned = False
     try:
-        for path in plan.remove:
-            entry = manifest.files[path]
-            _unlink(out / path)
-            if entry.caption:
-                _unlink(out / entry.caption)
-            journal.record(path, None)
-        for old, wish in plan.move:
-            entry = manifest.files[old]
-            (out / wish.path).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out / old, out / wish.path)
-            if entry.caption and (out / entry.caption).exists():
-                _unlink(out / entry.caption)
-            journal.record(old, None)
-            journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
-            result.methods["moved"] += 1
-        for wish in plan.add:
-            src, dst = wish.item.path, out / wish.path
-            if options.resize or options.strip_metadata:
-                transform(
-                    src,
-                    dst,
-                    max_side=options.resize,
-                    strip_metadata=options.strip_metadata,
-                    max_pixels=options.max_pixels,
-                )
-                method = "new"
-            else:
-                method = place(src, dst, options.link)
-            if method == "hard" and not warned:
-                warned = True
-                log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, out)
-            result.methods[method] += 1
-            journal.record(wish.path, _entry(wish, method, options, dst.stat().st_size))
+        _remove_and_move(plan, manifest, journal, options, result)
+        _add(plan, journal, options, result)
         for wish in [*plan.add, *plan.captions]:
+            if wish.path in plan.left_out:
+                continue
             entry = manifest.files[wish.path]
             if entry.caption and entry.caption != wish.caption_path:  # another extension, or no caption now
                 _unlink(out / entry.caption)
@@ -385,6 +366,55 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
     if options.zip is not None:
         result.zip_path = write_zip(out, options.zip)
     return result
+
+
+def _remove_and_move(
+    plan: Plan, manifest: Manifest, journal: Journal, options: ExportOptions, result: ExportResult
+) -> None:
+    out = options.to
+    for path in plan.remove:
+        entry = manifest.files[path]
+        _unlink(out / path)
+        if entry.caption:
+            _unlink(out / entry.caption)
+        journal.record(path, None)
+    for old, wish in plan.move:
+        entry = manifest.files[old]
+        (out / wish.path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(out / old, out / wish.path)
+        if entry.caption and (out / entry.caption).exists():
+            _unlink(out / entry.caption)
+        journal.record(old, None)
+        journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
+        result.methods["moved"] += 1
+
+
+def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportResult) -> None:
+    """Place (or make, for --resize/--strip-metadata) each new image; one whose source vanished or
+    cannot be decoded is left out with a warning, the rest goes on."""
+    from .files import HARD_LINK_WARNING, place, transform
+
+    warned = False
+    for wish in plan.add:
+        src, dst = wish.item.path, options.to / wish.path
+        try:
+            if options.resize or options.strip_metadata:
+                strip, most = options.strip_metadata, options.max_pixels
+                transform(src, dst, max_side=options.resize, strip_metadata=strip, max_pixels=most)
+                method = "new"
+            else:
+                method = place(src, dst, options.link)
+        except (FileNotFoundError, ImageError) as exc:
+            if isinstance(exc, FileNotFoundError) and src.exists():
+                raise  # the destination's folder, not the source: a real failure
+            log.warning("%s: not exported: %s", src, "gone since it was analysed" if not src.exists() else exc)
+            plan.left_out.add(wish.path)
+            continue
+        if method == "hard" and not warned:
+            warned = True
+            log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, options.to)
+        result.methods[method] += 1
+        journal.record(wish.path, _entry(wish, method, options, dst.stat().st_size))
 
 
 def _entry(wish: Wish, method: str, options: ExportOptions, size: int) -> Entry:
@@ -427,7 +457,7 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
     rows = io.StringIO()
     table = csv.writer(rows, lineterminator="\n")
     table.writerow(["path", "top1", "confidence"])
-    for wish in plan.wishes:
+    for wish in plan.exported:
         item = wish.item
         record = {
             "path": wish.path,
@@ -443,7 +473,7 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
     atomic_write_bytes(out / "labels.csv", rows.getvalue().encode())
     if options.layout == "imagefolder":
         per_split: dict[str, list[str]] = {}
-        for wish in plan.wishes:
+        for wish in plan.exported:
             split_dir, _, rest = wish.path.partition("/")
             entry: dict[str, Any] = {"file_name": rest, "label": wish.item.label, "text": wish.item.caption}
             entry["confidence"] = wish.item.confidence
@@ -455,20 +485,20 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
     for stale in out.glob("*/metadata.jsonl"):  # a split that is empty now, or another layout before
         if stale.parent.name not in per_split:
             _unlink(stale)
-    counts = Counter((w.split, w.item.label) for w in plan.wishes)
+    counts = Counter((w.split, w.item.label) for w in plan.exported)
     per_class: dict[str, dict[str, int]] = {}
     for (split, label), n in sorted(counts.items(), key=lambda kv: (str(kv[0][1]), kv[0][0])):
         per_class.setdefault(str(label), {})[split] = n
     metadata = {
-        "images": len(plan.wishes),
+        "images": len(plan.exported),
         "layout": options.layout,
         "class": options.label,
         "caption": options.caption,
-        "splits": dict(Counter(w.split for w in plan.wishes)),
+        "splits": dict(Counter(w.split for w in plan.exported)),
         "per_class": per_class,
         "drift": plan.drift.to_dict() if plan.drift is not None else None,
         "options": _options_record(options),
-        "sources": sorted({str(w.item.root) for w in plan.wishes}),
+        "sources": sorted({str(w.item.root) for w in plan.exported}),
     }
     atomic_write_bytes(out / "metadata.json", (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
     text = report_text(metadata, report)
@@ -571,9 +601,10 @@ def run_export(
     roots = [target.root for target in resolve_targets(settings, paths, files=False)]
     options = replace(options, to=options.to.absolute().resolve(), max_pixels=settings.max_image_pixels)
     check_out(options.to, roots, options.zip)
-    stores = surveyed(settings, plugins, paths)
+    found: dict[Path, list[str]] = {}
+    stores = surveyed(settings, plugins, paths, seen=lambda store, rel: found.setdefault(store.root, []).append(rel))
     try:
-        plan, manifest = plan_export(stores, options, preferred_models(plugins), paths)
+        plan, manifest = plan_export(stores, options, preferred_models(plugins), paths, found)
         if options.dry_run:
             return ExportResult(plan, options.to)
         return apply_plan(plan, manifest, options, classification_report(stores, options.label))

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,22 +161,29 @@ def text_of(value: Any) -> str:
     return to_text(value)
 
 
-def images(store: Store) -> Iterator[tuple[str, str, int]]:
-    """(rel, content hash, size) of every image of the store whose hash is known and current."""
-    for rel_dir in sorted(store.index.dirs()):
+def images(store: Store, rels: Iterable[str] | None = None) -> Iterator[tuple[str, str, int]]:
+    """(rel, content hash, size) of each image (``rels``, else every image the index knows); the
+    hash is "" for an image not hashed since it was added or changed (its results, if any, describe
+    other content)."""
+    wanted: dict[str, list[str]] = {}
+    if rels is None:
+        for rel_dir in store.index.dirs():
+            wanted[rel_dir] = list(store.index.load_dir(rel_dir))
+    else:
+        for rel in rels:
+            rel_dir, _, name = rel.rpartition("/")
+            wanted.setdefault(rel_dir, []).append(name)
+    for rel_dir in sorted(wanted):
         rows = store.index.load_dir(rel_dir)
-        for name in sorted(rows):
-            row = rows[name]
+        for name in sorted(wanted[rel_dir]):
+            row = rows.get(name)
             rel = f"{rel_dir}/{name}" if rel_dir else name
-            if row.hash is None or row.stat is None:
-                yield rel, "", 0
-                continue
             try:
                 st = os.stat(store.root / rel)
             except OSError:
                 continue  # gone since the walk
-            if (st.st_size, st.st_mtime_ns) != tuple(row.stat):
-                yield rel, "", 0  # changed since its hash was taken: its results describe other content
+            if row is None or row.hash is None or row.stat is None or (st.st_size, st.st_mtime_ns) != tuple(row.stat):
+                yield rel, "", 0
                 continue
             yield rel, row.hash, st.st_size
 
@@ -186,18 +193,20 @@ def read_items(
     wanted: Wanted,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     *,
+    found: Mapping[Path, Iterable[str]] | None = None,
     min_confidence: float | None = None,
     below: str = "skip",
     unsure: str = "_unsure",
 ) -> tuple[list[Item], Missing, int]:
-    """Every image with what the export needs (blocking): (items, the images missing a result,
-    how many ``--where`` or ``--min-confidence`` left out)."""
+    """Every image (``found``: the images a walk found, per root; else the ones the index knows)
+    with what the export needs (blocking): (items, the images missing a result, how many
+    ``--where`` or ``--min-confidence`` left out)."""
     selectors = wanted.selectors
     items: list[Item] = []
     missing = Missing()
     left_out = 0
     for store in stores:
-        for rel, image_hash, size in images(store):
+        for rel, image_hash, size in images(store, found.get(store.root, ()) if found is not None else None):
             path = store.root / rel
             if not image_hash:
                 missing.add("not analysed since it was added or changed", path)
