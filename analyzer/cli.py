@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--resize", type=int, metavar="MAX", help="longest side at most MAX pixels (new files)")
     export.add_argument("--strip-metadata", action="store_true", help="drop EXIF, GPS and generation parameters")
     export.add_argument("--zip", type=Path, metavar="FILE", help="also stream the dataset into this ZIP file")
+    export.add_argument("--csv-only", action="store_true", help="--to is a CSV file: path,top1,confidence, no dataset")
     export.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     export.add_argument("--analyse", action="store_true", help="first compute the results the export reads")
     export.add_argument("--include", action="append", help="only images matching this glob (repeatable)")
@@ -571,7 +572,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
     fields = {k: getattr(args, k) for k in ("layout", "label", "caption", "caption_ext", "min_confidence", "below")}
     fields |= {k: getattr(args, k) for k in ("max_per_class", "repeats", "concept", "ratios", "seed", "embeddings")}
-    fields |= {k: getattr(args, k) for k in ("link", "resize", "strip_metadata", "zip", "dry_run")}
+    fields |= {k: getattr(args, k) for k in ("link", "resize", "strip_metadata", "zip", "dry_run", "csv_only")}
     options = ExportOptions(to=args.to, where=tuple(args.where), near_duplicates=args.near_duplicates, **fields)
     try:
         result = run_export(settings, [*plugins, *readers], args.paths, options)

@@ -184,6 +184,16 @@ def test_missing_results_are_named_with_the_command_that_makes_them(cli, photos,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_corrupt_sidecar_is_named_and_nothing_is_exported(cli, photos, tmp_path):
+    (photos / "red-3.png.classify.json").write_text('{"schema_version": 1, "analysis": {tru')
+
+    outcome = cli("export", photos, "--to", tmp_path / "out", "--class", "classify.colours")
+
+    assert outcome.code == 1
+    assert "1 images: the classify sidecar is corrupt" in outcome.err and "red-3.png" in outcome.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_folder_inside_the_input_is_refused(cli, photos):
     outcome = cli("export", photos, "--to", photos / "dataset", "--class", "classify.colours")
 
@@ -218,6 +228,25 @@ def test_zip_holds_the_dataset(cli, photos, tmp_path):
     with zipfile.ZipFile(tmp_path / "dataset.zip") as archive:
         assert sorted(archive.namelist()) == exported(out)
         assert archive.read("labels.csv") == (out / "labels.csv").read_bytes()
+
+
+def test_the_csv_alone(cli, photos, tmp_path):
+    outcome = cli(
+        "export",
+        photos,
+        "--to",
+        tmp_path / "labels.csv",
+        "--csv-only",
+        "--layout",
+        "classes",
+        "--class",
+        "classify.colours",
+    )
+
+    assert outcome.code == 0, outcome.log
+    lines = (tmp_path / "labels.csv").read_text().splitlines()
+    assert lines[0] == "path,top1,confidence" and len(lines) == 21
+    assert f"{photos / 'red-0.png'},red," in (tmp_path / "labels.csv").read_text()
 
 
 def test_an_interrupted_export_resumes(cli, photos, tmp_path, monkeypatch):

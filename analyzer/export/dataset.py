@@ -74,6 +74,8 @@ class ExportOptions:
     resize: int | None = None
     strip_metadata: bool = False
     zip: Path | None = None
+    csv_only: bool = False
+    """Write only ``path,top1,confidence`` of the source images to ``to`` (a file): no dataset."""
     dry_run: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images larger than this are refused by --resize/--strip-metadata (the max_image_pixels setting)."""
@@ -509,6 +511,17 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
     )
 
 
+def write_csv(target: Path, plan: Plan) -> None:
+    """``path,top1,confidence`` of the source images the dataset would hold (``--csv-only``)."""
+    rows = io.StringIO()
+    table = csv.writer(rows, lineterminator="\n")
+    table.writerow(["path", "top1", "confidence"])
+    for wish in plan.wishes:
+        item = wish.item
+        table.writerow([str(item.path), item.label or "", "" if item.confidence is None else f"{item.confidence:.5f}"])
+    atomic_write_bytes(target, rows.getvalue().encode())
+
+
 def report_text(metadata: Mapping[str, Any], report: Mapping[str, Any]) -> str:
     splits = sorted(metadata["splits"])
     lines = [
@@ -600,12 +613,18 @@ def run_export(
 
     roots = [target.root for target in resolve_targets(settings, paths, files=False)]
     options = replace(options, to=options.to.absolute().resolve(), max_pixels=settings.max_image_pixels)
-    check_out(options.to, roots, options.zip)
+    if not options.csv_only:
+        check_out(options.to, roots, options.zip)
+    elif options.to.is_dir():
+        raise ConfigError(f"--csv-only writes one CSV file: --to {options.to} is a folder")
     found: dict[Path, list[str]] = {}
     stores = surveyed(settings, plugins, paths, seen=lambda store, rel: found.setdefault(store.root, []).append(rel))
     try:
         plan, manifest = plan_export(stores, options, preferred_models(plugins), paths, found)
         if options.dry_run:
+            return ExportResult(plan, options.to)
+        if options.csv_only:
+            write_csv(options.to, plan)
             return ExportResult(plan, options.to)
         return apply_plan(plan, manifest, options, classification_report(stores, options.label))
     finally:

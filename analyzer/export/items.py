@@ -219,8 +219,7 @@ def read_items(
             if wanted.label is not None:
                 value = values[wanted.label.text]
                 if value is MISSING:
-                    why = "failed" if wanted.label.text in failed else "no result"
-                    missing.add(f"{why} for {wanted.label.text}", path)
+                    missing.add(_why_missing(store, rel, wanted.label, failed), path)
                     continue
                 item.label, item.confidence, item.labels = classification(value)
                 if min_confidence is not None and (item.confidence is None or item.confidence < min_confidence):
@@ -232,6 +231,20 @@ def read_items(
                 item.caption = caption_of(wanted, values, path.name)
             items.append(item)
     return items, missing, left_out
+
+
+def _why_missing(store: Store, rel: str, selector: Selector, failed: set[str]) -> str:
+    from ..errors import CorruptSidecar
+
+    if selector.text in failed:
+        return f"failed for {selector.text} (analyzer status --failed says why)"
+    try:
+        store.read(rel, selector.plugin)
+    except CorruptSidecar:
+        return f"the {selector.plugin} sidecar is corrupt (the next run sets it aside and analyses again)"
+    except OSError:
+        return f"the {selector.plugin} sidecar cannot be read"
+    return f"no result for {selector.text}"
 
 
 def caption_of(wanted: Wanted, values: Mapping[str, Any], file_name: str) -> str:
