@@ -402,3 +402,16 @@ def test_analyse_computes_the_missing_results_first(cli, tmp_path):
         "green",
         "red",
     ]
+
+
+def test_refined_classes_with_hand_given_labels_winning(cli, photos, tmp_path):
+    refined = cli("classify", photos, "--set", "colours", "--refine", "--min-images", "0")
+    assert refined.code == 0, refined.log
+    assert cli("label", "set", photos / "green-1.png", "blue", "--set", "colours").code == 0
+
+    out = tmp_path / "refined"
+    outcome = cli("export", photos, "--to", out, "--layout", "classes", "--class", "classify.colours@refined")
+
+    assert outcome.code == 0, outcome.log
+    assert (out / "blue" / "green-1.png").is_file()  # the hand-given label, over the refinement's
+    assert (out / "green" / "green-0.png").is_file() and (out / "red" / "red-0.png").is_file()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..selector import MISSING, Selector, render_template, template_selectors, to_text
+from ..selector import MANUAL, MISSING, Selector, render_template, template_selectors, to_text
 from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,17 @@ class Wanted:
         return [Selector.parse(self.caption)]
 
     @property
+    def manual(self) -> Selector | None:
+        """For a class named with ``@model`` (``classify.animals@refined``): the hand-given label of
+        the same mode, which wins over it as it wins over every model's."""
+        if self.label is None or self.label.after_at is None or self.label.after_at == MANUAL:
+            return None
+        return Selector.parse(f"{self.label.plugin}.{self.label.mode}@{MANUAL}")
+
+    @property
     def selectors(self) -> list[Selector]:
         found = [self.label] if self.label is not None else []
+        found += [self.manual] if self.manual is not None else []
         found += self.caption_selectors + [c.selector for c in self.where]
         return list({s.text: s for s in found}.values())
 
@@ -218,6 +227,8 @@ def read_items(
             item = Item(store.root, rel, image_hash, size)
             if wanted.label is not None:
                 value = values[wanted.label.text]
+                if wanted.manual is not None and values[wanted.manual.text] is not MISSING:
+                    value = values[wanted.manual.text]
                 if value is MISSING:
                     missing.add(_why_missing(store, rel, wanted.label, failed), path)
                     continue
