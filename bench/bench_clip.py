@@ -184,48 +184,22 @@ class TrimmedTextTower:
 
     @staticmethod
     def usable(model: Any) -> bool:
-        return (
-            getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) == "argmax"
-            and hasattr(model, "token_embedding")
-        )
+        from analyzer_clip.models import trims_text
+
+        return trims_text(model)
 
     def to(self, device: Any) -> TrimmedTextTower:
         return self
 
     def encode_text(self, tokens: Any) -> Any:
-        import torch
+        from analyzer_clip.models import encode_text_trimmed
 
-        lengths = tokens.argmax(dim=-1) + 1  # the end token has the largest id
-        order = lengths.argsort()
-        out: Any = None
-        for start in range(0, len(tokens), 256):
-            rows = order[start : start + 256]
-            encoded = encode_prefix_tokens(self.model, tokens[rows, : int(lengths[rows].max())])
-            if out is None:
-                out = torch.empty(len(tokens), encoded.shape[-1], dtype=encoded.dtype)
-            out[rows] = encoded
+        out = encode_text_trimmed(self.model, tokens)
         self.done += len(tokens)
         if len(tokens) > 256:
             elapsed = time.perf_counter() - self.started
             print(f"  label embeddings: {self.done} computed ({elapsed:.0f}s)", file=sys.stderr, flush=True)
         return out
-
-
-def encode_prefix_tokens(model: Any, tokens: Any) -> Any:
-    """``model.encode_text`` of token rows cut after their end token (for a causal, argmax-pooled tower)."""
-    import torch
-    from open_clip.transformer import text_global_pool
-
-    length = tokens.shape[1]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = text_global_pool(model.ln_final(x), tokens, "argmax")
-    projection = model.text_projection
-    if projection is not None:
-        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-    return x
 
 
 def build_interrogator(args: argparse.Namespace) -> tuple[Any, str]:

@@ -318,3 +318,37 @@ def test_editing_a_label_files_prompts_makes_a_new_result(cli, photos, colours, 
     assert len(doc["analysis"]["temp"]) == 2  # the edited prompts are a new result beside the old
     newest = max(doc["analysis"]["temp"].values(), key=lambda e: e["created_at"])
     assert newest["result"]["top"] == "cold"
+
+
+def test_prompts_are_encoded_up_to_their_end_token_with_the_same_result():
+    import open_clip
+    import torch
+
+    from analyzer_clip.models import trims_text
+    from analyzer_clip.testing import tiny_clip
+
+    model, preprocess = tiny_clip()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    real = embedder.OpenClipEmbedder("tiny-clip-test/random", model, preprocess, tokenizer, "cpu")
+    prompts = ["a photo of a dog.", "a bad photo of the lighthouse keeper's old cat.", "tiger", "a"]
+
+    trimmed = real.encode_texts(prompts)
+
+    assert trims_text(model)
+    with torch.no_grad():
+        full = model.encode_text(tokenizer(prompts)).float()
+    full = (full / full.norm(dim=-1, keepdim=True)).numpy()
+    assert np.allclose(trimmed, full, atol=1e-5)
+
+
+def test_big_label_sets_keep_the_most_confident_labelsbest_first():
+    from analyzer_classify import best_first
+
+    rng = np.random.default_rng(0)
+    conf = rng.random((50, 300)).astype(np.float32)
+    conf[3, [5, 9]] = 2.0  # a tie: the lower index first
+
+    kept = best_first(conf, 10)
+
+    assert (kept == np.argsort(-conf, axis=1, kind="stable")[:, :10]).all()
+    assert list(kept[3, :2]) == [5, 9]

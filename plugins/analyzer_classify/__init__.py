@@ -179,6 +179,19 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:8]
 
 
+def best_first(conf: Matrix, keep: int) -> Any:
+    """Per row, the indexes of the ``keep`` largest values, largest first (ties: lower index first);
+    a partial sort when ``keep`` is much smaller than the row."""
+    import numpy as np
+
+    if keep >= conf.shape[1]:
+        return np.argsort(-conf, axis=1, kind="stable")
+    part = np.argpartition(-conf, keep - 1, axis=1)[:, :keep]
+    part.sort(axis=1)  # index order first, so the stable sort below breaks ties by index
+    picked = np.take_along_axis(conf, part, axis=1)
+    return np.take_along_axis(part, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+
+
 def chosen_labels(
     value: Any, *, top_k: int = 3, min_confidence: float = 0.0, multi_label: bool = False, threshold: float = 0.25
 ) -> list[str]:
@@ -353,31 +366,37 @@ class ClassifyPlugin(AnalyzerPlugin):
         logits -= logits.max(axis=1, keepdims=True)
         conf = np.exp(logits)
         conf /= conf.sum(axis=1, keepdims=True)
+        keep = min(len(labels), self.opts.store_top)
+        order = best_first(conf, keep)  # [n, keep] label indexes, most confident first
+        rows_at = np.arange(len(found))[:, None]
+        scores_kept = np.round(sims[rows_at, order].astype(np.float64), 5).tolist()
+        conf_kept = np.round(conf[rows_at, order].astype(np.float64), 5).tolist()
+        top_conf = conf[rows_at[:, 0], order[:, 0]]
+        parameters = {
+            "model": self.opts.model,
+            "labels": len(labels),
+            "stored": keep,
+            "temperature": self.opts.temperature,
+        }
         rows = iter(range(len(found)))
         out: list[Outcome] = []
-        keep = min(len(labels), self.opts.store_top)
         for vector in vectors:
             if isinstance(vector, Failure):
                 out.append(vector)
                 continue
             i = next(rows)
-            order = np.argsort(-conf[i], kind="stable")[:keep]
-            top = labels[order[0]] if float(conf[i, order[0]]) >= self.opts.min_confidence else "unknown"
+            names = [labels[j] for j in order[i]]
             if tally:
+                top = names[0] if float(top_conf[i]) >= self.opts.min_confidence else "unknown"
                 self.tally.setdefault(mode, Counter())[top] += 1
             entries = [
-                {"label": labels[j], "score": round(float(sims[i, j]), 5), "confidence": round(float(conf[i, j]), 5)}
-                for j in order
+                {"label": name, "score": score, "confidence": c}
+                for name, score, c in zip(names, scores_kept[i], conf_kept[i], strict=True)
             ]
             out.append(
                 Result(
-                    {"top": entries[0]["label"], "confidence": entries[0]["confidence"], "labels": entries},
-                    parameters={
-                        "model": self.opts.model,
-                        "labels": len(labels),
-                        "stored": keep,
-                        "temperature": self.opts.temperature,
-                    },
+                    {"top": names[0], "confidence": entries[0]["confidence"], "labels": entries},
+                    parameters=dict(parameters),
                 )
             )
         return out

@@ -66,9 +66,14 @@ class OpenClipEmbedder:
     def encode_texts(self, texts: Sequence[str]) -> Matrix:
         import torch
 
+        from analyzer_clip.models import encode_text_trimmed, trims_text
+
         with self._lock, torch.no_grad():
             tokens = self.tokenizer(list(texts)).to(self.device)
-            features = self.model.encode_text(tokens).float()
+            if trims_text(self.model):  # each prompt up to its end token: the padding changes nothing
+                features = encode_text_trimmed(self.model, tokens).float()
+            else:
+                features = self.model.encode_text(tokens).float()
             features /= features.norm(dim=-1, keepdim=True)
             result: Matrix = features.cpu().numpy()
             return result

@@ -71,3 +71,47 @@ def split_on_oom(run: Callable[[list[Any]], list[Any]], items: list[Any], on_cpu
         log.warning("CUDA out of memory on a single image: moving the CLIP models to the CPU for this run")
         on_cpu()
         return run(items)
+
+
+def trims_text(model: Any) -> bool:
+    """Whether ``model``'s text tower is causal and pooled at its end token (CLIP's own, in open_clip):
+    then the padding after a prompt's end token changes nothing and can be left out."""
+    return (
+        getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and hasattr(model, "token_embedding")
+        and hasattr(model, "positional_embedding")
+    )
+
+
+def encode_text_trimmed(model: Any, tokens: Any, batch: int = 256) -> Any:
+    """``model.encode_text(tokens)``, each row computed only up to its end token, in batches of
+    similar length: a prompt of 12 tokens costs about a sixth of the 77-token context. Only for
+    a model :func:`trims_text` accepts (the end token has the largest id, as in CLIP's tokenizer)."""
+    import torch
+
+    lengths = tokens.argmax(dim=-1) + 1
+    order = lengths.argsort()
+    out: Any = None
+    for start in range(0, len(tokens), batch):
+        rows = order[start : start + batch]
+        encoded = _encode_prefix_tokens(model, tokens[rows, : int(lengths[rows].max())])
+        if out is None:
+            out = torch.empty(len(tokens), encoded.shape[-1], dtype=encoded.dtype, device=encoded.device)
+        out[rows] = encoded
+    return out
+
+
+def _encode_prefix_tokens(model: Any, tokens: Any) -> Any:
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = tokens.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), tokens, "argmax")
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return x
