@@ -420,10 +420,17 @@ class ClassifyPlugin(AnalyzerPlugin):
 
         embedder = self.embedder
         assert embedder is not None
-        vectors: list[Matrix | Failure | None] = []
-        for image in images:
-            stored = image.embeddings.model(self.opts.model).get([image.hash])[0] if image.embeddings else None
-            vectors.append(stored)
+        vectors: list[Matrix | Failure | None] = [None] * len(images)
+        by_store: dict[int, list[int]] = {}
+        for i, image in enumerate(images):
+            if image.embeddings is not None and image.hash:
+                by_store.setdefault(id(image.embeddings), []).append(i)
+        for rows in by_store.values():  # one lookup per store and batch
+            store = images[rows[0]].embeddings
+            assert store is not None
+            hits = store.model(self.opts.model).get([images[i].hash for i in rows])
+            for i, hit in zip(rows, hits, strict=True):
+                vectors[i] = hit
         todo = [i for i, v in enumerate(vectors) if v is None]
         prepared: list[tuple[int, Any]] = []
         for i in todo:
