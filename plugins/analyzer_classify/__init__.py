@@ -425,11 +425,11 @@ class ClassifyPlugin(AnalyzerPlugin):
         for i, image in enumerate(images):
             if image.embeddings is not None and image.hash:
                 by_store.setdefault(id(image.embeddings), []).append(i)
-        for rows in by_store.values():  # one lookup per store and batch
-            store = images[rows[0]].embeddings
-            assert store is not None
-            hits = store.model(self.opts.model).get([images[i].hash for i in rows])
-            for i, hit in zip(rows, hits, strict=True):
+        for members in by_store.values():  # one lookup per store and batch
+            kept = images[members[0]].embeddings
+            assert kept is not None
+            hits = kept.model(self.opts.model).get([images[i].hash for i in members])
+            for i, hit in zip(members, hits, strict=True):
                 vectors[i] = hit
         todo = [i for i, v in enumerate(vectors) if v is None]
         prepared: list[tuple[int, Any]] = []
