@@ -352,3 +352,39 @@ def test_big_label_sets_keep_the_most_confident_labelsbest_first():
 
     assert (kept == np.argsort(-conf, axis=1, kind="stable")[:, :10]).all()
     assert list(kept[3, :2]) == [5, 9]
+
+
+def test_where_the_weights_are_is_remembered_so_a_relabel_imports_no_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    checkpoint = tmp_path / "open_clip_model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    record = tmp_path / "weights.json"
+    record.write_text(json.dumps({"ViT-B-32/openai": str(checkpoint)}))
+
+    embedder.check("ViT-B-32/openai", None, record)  # found where it was: nothing to fetch
+
+    checkpoint.unlink()
+    with pytest.raises(Exception):  # noqa: B017 - whatever open_clip raises for weights it cannot fetch
+        embedder.check("ViT-B-32/openai", None, record)
+
+
+def test_classifying_from_stored_embeddings_imports_no_torch(photos, tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys
+os.environ.update(ANALYZER_CLASSIFY__MODEL="colour/test", ANALYZER_CLASSIFY__CACHE_DIR={str(tmp_path / "cache")!r})
+from analyzer_classify import embedder
+from analyzer_classify.testing import ColourEmbedder
+embedder.preload(ColourEmbedder())
+from analyzer.cli import main
+for labels in ("red,green,blue", "red,green,blue,grey"):
+    assert main(["classify", {str(photos)!r}, "--labels", labels, "--progress", "plain"]) == 0
+print("torch imported:", "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout

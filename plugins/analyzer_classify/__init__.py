@@ -223,6 +223,7 @@ class ClassifyPlugin(AnalyzerPlugin):
         self.embedder: Embedder | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._prompts: dict[str, dict[str, list[str]]] = {}
+        self._model_ids: dict[str, tuple[str, ...]] = {}
         self._texts: dict[str, Matrix] = {}
         self.decoded = 0
         """Images decoded by this plugin (for tests and the summary: 0 when every embedding is stored)."""
@@ -238,11 +239,13 @@ class ClassifyPlugin(AnalyzerPlugin):
         return self._prompts[mode]
 
     def model_ids(self, mode: str) -> tuple[str, ...]:
-        spec = self.opts.labels[mode]
-        prompts = self.label_prompts(mode)  # as resolved: a label file's own prompts count too
-        labels = _digest({"labels": prompts, "t": self.opts.temperature, "top": self.opts.store_top})
-        templates = _digest(spec.templates or self.opts.templates)
-        return (f"{self.opts.model}#labels={labels},templates={templates}",)
+        if mode not in self._model_ids:  # asked for every image: digest the labels once
+            spec = self.opts.labels[mode]
+            prompts = self.label_prompts(mode)  # as resolved: a label file's own prompts count too
+            labels = _digest({"labels": prompts, "t": self.opts.temperature, "top": self.opts.store_top})
+            templates = _digest(spec.templates or self.opts.templates)
+            self._model_ids[mode] = (f"{self.opts.model}#labels={labels},templates={templates}",)
+        return self._model_ids[mode]
 
     def manual_result(self, mode: str, text: str) -> Any:
         labels = self.label_prompts(mode)
@@ -288,34 +291,40 @@ class ClassifyPlugin(AnalyzerPlugin):
         return "cpu"
 
     def _load(self) -> Embedder:
-        from analyzer_clip import hub_offline, hub_unreachable, weights_advice
+        """The embedder, built when an image or a prompt must be encoded (not at all when every
+        embedding is stored); the weights are checked now, so a missing model says so at once."""
+        from analyzer_clip import hub_offline, weights_advice
 
         from . import embedder
 
-        offline = hub_offline()
-        if not offline and hub_unreachable() is not None:
-            from huggingface_hub import constants
-
-            constants.HF_HUB_OFFLINE = offline = True
         model_dir = str(self.opts.model_dir) if self.opts.model_dir else None
-        device = self._device()
+
+        def unavailable(exc: Exception) -> PluginUnavailable:
+            advice = weights_advice(self.opts.model, None, self.opts.model_dir, exc, hub_offline())
+            return PluginUnavailable(self.name, advice)
 
         def build() -> Embedder:
             try:
-                return embedder.load(self.opts.model, device, model_dir)
+                return embedder.preloaded(self.opts.model) or embedder.load(self.opts.model, self._device(), model_dir)
             except Exception as exc:  # missing weights, unknown names, no network: say what to do
-                raise PluginUnavailable(
-                    self.name, weights_advice(self.opts.model, None, self.opts.model_dir, exc, offline)
-                ) from exc
+                raise unavailable(exc) from exc
 
+        record = self.opts.cache_dir / "weights.json"
         try:
-            embedder.check(self.opts.model, model_dir)
+            embedder.check(self.opts.model, model_dir, record, before_import=self._offline_unless_reachable)
         except Exception as exc:
-            raise PluginUnavailable(
-                self.name, weights_advice(self.opts.model, None, self.opts.model_dir, exc, offline)
-            ) from exc
-        # built when an image or a prompt must be encoded: not at all when every embedding is stored
+            raise unavailable(exc) from exc
         return embedder.LazyEmbedder(self.opts.model, build)
+
+    @staticmethod
+    def _offline_unless_reachable() -> None:
+        """Before looking for weights: when the hub cannot be reached, use the local cache only."""
+        from analyzer_clip import hub_offline, hub_unreachable
+
+        if not hub_offline() and hub_unreachable() is not None:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = True
 
     async def setup(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="analyzer-classify")

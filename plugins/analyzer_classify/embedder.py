@@ -8,10 +8,12 @@ are all stored never loads a model (seconds, and the model's memory, saved).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -128,16 +130,34 @@ def preload(embedder: Embedder) -> None:
     _preloaded[embedder.model_id] = embedder
 
 
+def preloaded(model_id: str) -> Embedder | None:
+    """The embedder :func:`preload` gave for ``model_id``, if any."""
+    return _preloaded.get(model_id)
+
+
 def forget_preloaded() -> None:
     _preloaded.clear()
 
 
-def check(model_id: str, cache_dir: str | None = None) -> None:
+def check(
+    model_id: str,
+    cache_dir: str | None = None,
+    record: Path | None = None,
+    before_import: Callable[[], None] | None = None,
+) -> None:
     """Raise what loading ``model_id`` would raise for weights that are missing and cannot be
     downloaded, without building the model: they are fetched into the cache if they can be. A name
-    this cannot judge (an unknown tag, say) is loaded, so its error is open_clip's own."""
+    this cannot judge (an unknown tag, say) is loaded, so its error is open_clip's own.
+
+    ``record`` (a small JSON file) remembers where each model's checkpoint was found: while that
+    file exists, the next check imports nothing (no torch, no open_clip: a relabel from stored
+    embeddings starts in a fraction of a second and never holds torch's memory)."""
     if model_id in _preloaded or any(key[0] == model_id for key in _loaded):
         return
+    if record is not None and _recorded(record, model_id):
+        return
+    if before_import is not None:
+        before_import()
     import open_clip
 
     arch, _, pretrained = model_id.partition("/")
@@ -145,9 +165,36 @@ def check(model_id: str, cache_dir: str | None = None) -> None:
         return
     cfg = open_clip.get_pretrained_cfg(arch, pretrained) if arch in open_clip.list_models() else None
     if cfg:
-        open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+        found = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+        if record is not None and found and os.path.isfile(found):
+            _record(record, model_id, found)
     else:
         load(model_id, "cpu", cache_dir)
+
+
+def _recorded(record: Path, model_id: str) -> bool:
+    try:
+        found = json.loads(record.read_text(encoding="utf-8")).get(model_id)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(found, str) and os.path.isfile(found)
+
+
+def _record(record: Path, model_id: str, path: str) -> None:
+    try:
+        known = json.loads(record.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known[model_id] = path
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, record)
+    except OSError as exc:  # a cache: the next check looks again
+        log.debug("cannot record where %s's weights are: %s", model_id, exc)
 
 
 def load(model_id: str, device: str, cache_dir: str | None = None) -> Embedder:
