@@ -14,6 +14,8 @@ the classes)::
      ├── FileChangedError                        a file changed while it was hashed (also an OSError)
      ├── CorruptSidecar                          a sidecar that is not JSON or not our layout (also a ValueError)
      ├── OutputClosed                            the reader of the output went away, ``| head`` (exit 141, quietly)
+     ├── analyzer.export.dataset.MissingResults  images lack results an export reads (named, with the command)
+     ├── analyzer.export.files.LinkNotSupported  --link reflink|hard that these places cannot make (also an OSError)
      └── PluginError                             a plugin's own failure; ``kind`` is its ErrorType
           └── analyzer_llm.providers.ProviderError   plugin-defined: an LLM provider's error, ``kind`` says which
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .. import hosts, sidecar
-from ..errors import ImageError
+from ..errors import AnalyzerError, ImageError
 from ..images import DEFAULT_MAX_PIXELS, open_image
 from ..sidecar import Staged, atomic_write_bytes, publish, stage
 
@@ -309,7 +309,7 @@ class FileNames:
 # --- placing files -----------------------------------------------------------------------------
 
 
-class LinkNotSupported(OSError):
+class LinkNotSupported(AnalyzerError, OSError):
     """The link asked for (``reflink`` or ``hard``) cannot be made between these two places."""
 
     method: str = ""
