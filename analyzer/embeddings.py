@@ -245,7 +245,9 @@ class ModelEmbeddings:
                         block_keys = shard_keys[start : start + n]
                         at = np.minimum(np.searchsorted(keys, block_keys), max(len(keys) - 1, 0))
                         own = (where[at, 0] == number) & (where[at, 1] == np.arange(start, start + n))
-                        if own.any():
+                        if own.all():
+                            yield block_keys, block
+                        elif own.any():
                             yield block_keys[own], block[own]
             except FileNotFoundError:
                 continue  # merged meanwhile: its rows are in the merged shard, listed next time

@@ -601,10 +601,8 @@ def child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 def child_stored(spec: dict[str, Any]) -> dict[str, Any]:
     """Relabel ``spec["count"]`` stored embeddings as the command does: the ViT-B-32 model is built
     only if a prompt's embedding is not in the text cache (method ``texts`` fills the cache)."""
-    import open_clip  # noqa: F401 - imported first, to tell their memory from the model's
-
     from analyzer.embeddings import EmbeddingStore
-    from analyzer_classify import embedder
+    from analyzer_classify import embedder  # as the command imports it: torch only if a model is built
 
     imports = status_mb("VmRSS")
     lazy = embedder.LazyEmbedder(MODEL_ID, lambda: load_vit(spec["threads"]))
@@ -623,7 +621,7 @@ def child_stored(spec: dict[str, Any]) -> dict[str, Any]:
         batches = (stored_refs(s, min(count, s + BATCH), store) for s in range(0, count, BATCH))
         done, _ = relabel_stored(plugin, batches)
     elif method == "chunks":
-        done = relabel_chunks(plugin, store)
+        done = relabel_chunks(plugin, store, chunk_rows=8192)
     else:  # scores() on each whole chunk chunks() yields
         done = relabel_chunks(plugin, store, per_call=65536)
     seconds = time.perf_counter() - started
@@ -635,6 +633,7 @@ def child_stored(spec: dict[str, Any]) -> dict[str, Any]:
         "loaded": loaded,
         "reset": was_reset,
         "model": lazy.loaded,
+        "torch": "torch" in sys.modules,
     }
 
 
@@ -673,7 +672,7 @@ def memory(args: argparse.Namespace, work: Path, report: Report) -> None:
     cache = work / "text-cache-relabel"  # warm when the relabel part ran; else the first run fills it
     methods = (
         ("image_vectors", f"image_vectors + scores, batches of {BATCH} (as a run)", True),
-        ("chunks", f"chunks() + scores per {CHUNK_SCORES:,} rows", True),
+        ("chunks", f"chunks(8,192 rows) + scores per {CHUNK_SCORES:,} rows", True),
         ("whole-chunks", "chunks() + scores on each whole 65,536-row chunk", False),
     )
     spec = {"cwd": str(cwd), "threads": args.threads, "labels": args.labels, "cache": str(cache)}
@@ -687,8 +686,8 @@ def memory(args: argparse.Namespace, work: Path, report: Report) -> None:
         note(
             f"  relabel {found['done']:,} stored, {what}: {found['seconds']:.1f} s, peak RSS {found['peak']:.0f} MB "
             f"while classifying{peak_note}, {found['peak'] - found['loaded']:+.0f} MB over the RSS before "
-            f"({found['loaded']:.0f} MB, the model {model}; after importing torch, open_clip and the analyzer: "
-            f"{found['imports']:.0f} MB)"
+            f"({found['loaded']:.0f} MB, the model {model}; after importing the analyzer and the plugin "
+            f"{found['imports']:.0f} MB; torch {'imported' if found['torch'] else 'never imported'})"
         )
         report.rows.append(
             Row(
