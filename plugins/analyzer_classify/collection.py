@@ -161,7 +161,11 @@ def vector_source(store: Store, plugin: ClassifyPlugin, hashes: Sequence[str]) -
 
     def stream() -> Iterator[Matrix]:
         for start in range(0, len(hashes), CHUNK):
-            rows = stored.get(list(hashes[start : start + CHUNK]))
+            part = list(hashes[start : start + CHUNK])
+            rows = stored.get(part)
+            gone = [h for h, r in zip(part, rows, strict=True) if r is None]
+            if gone:  # rows must stay in step with the members: never shift them
+                raise RuntimeError(f"the stored embedding of {gone[0]} vanished while the collection was read")
             yield np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
 
     dims = next(stream()).shape[1] if hashes else 0

@@ -107,8 +107,9 @@ Memory
 are not normalised again), or a *chunk source*: a callable returning a fresh iterator of [n, D]
 arrays each time, the same rows in the same order, e.g.
 ``lambda: (v for _, v in store.model(model_id).chunks())``. Each pass (``iterations + 1`` at most)
-reads the chunks once, in blocks of ``BLOCK_ROWS`` rows: per block one [b, D] x [D, C] product,
-the class sums accumulated with a one-hot product. Held across passes: labels (int32) and
+reads the chunks once, in blocks of ``BLOCK_ROWS`` rows: per block one [b, D] x [D, C] product
+for the logits; the class sums come from a one-hot product in the first pass, then are updated
+with the images that moved (a product over their rows alone). Held across passes: labels (int32) and
 confidences (float32) for the text-only assignment and two iterations (24 bytes per image), the
 guard's sample (``GUARD_SAMPLE`` x D float32) and O(C x D): for a million 512-dimensional
 embeddings (2 GB), about 32 MB, plus one chunk and a few blocks' temporaries.
@@ -308,15 +309,18 @@ def _assign(
     *,
     log_prior: npt.NDArray[np.float32] | None = None,
     into: tuple[Labels, npt.NDArray[np.float32]] | None = None,
+    before: _Pass | None = None,
     sample: _Sample | None = None,
 ) -> _Pass:
     """Assign every image to the argmax of its logits, accumulating the class sums and masses.
 
     ``into``: arrays of the collection's size to write labels and confidences into (every pass
-    but the first, which learns the size); ``sample``: rows to keep for the guard (the first pass)."""
+    but the first, which learns the size); ``before``: the pass before, whose class sums are
+    updated with the images that moved (a product over the moved rows only, not every row);
+    ``sample``: rows to keep for the guard (the first pass)."""
     classes, dim = prototypes.shape
     scaled = (prototypes / np.float32(temperature)).astype(np.float32).T  # logits in one product
-    sums = np.zeros((classes, dim), dtype=np.float64)
+    sums = np.zeros((classes, dim), dtype=np.float64) if before is None else before.sums.copy()
     mass = np.zeros(classes, dtype=np.float64)
     label_parts: list[Labels] = []
     confidence_parts: list[npt.NDArray[np.float32]] = []
@@ -335,9 +339,18 @@ def _assign(
         inverse = 1 / probs.sum(axis=1)
         confidence = inverse.astype(np.float32)  # the top class's exp(0) over the sum
         mass += np.einsum("n,nc->c", inverse, probs)  # each row's probabilities, summed (gemv: 30x slower)
-        one_hot = np.zeros((rows, classes), dtype=np.float32)
-        one_hot[every, labels] = 1
-        sums += (block.T @ one_hot).T  # several times faster in OpenBLAS than one_hot.T @ block
+        if before is None:
+            one_hot = np.zeros((rows, classes), dtype=np.float32)
+            one_hot[every, labels] = 1
+            sums += (block.T @ one_hot).T  # several times faster in OpenBLAS than one_hot.T @ block
+        else:
+            was = before.labels[done : done + rows]
+            moved = np.flatnonzero(labels != was)
+            if len(moved):
+                change = np.zeros((len(moved), classes), dtype=np.float32)
+                change[np.arange(len(moved)), labels[moved]] = 1
+                change[np.arange(len(moved)), was[moved]] = -1
+                sums += (block[moved].T @ change).T
         if sample is not None:
             sample.add(done, block)
         if into is None:
@@ -440,6 +453,7 @@ def refine(
             params.temperature,
             log_prior=log_prior,
             into=buffers[i % 2],  # the other one holds the labels from before this iteration
+            before=previous,
         )
         moved = int(np.count_nonzero(done.labels != previous.labels))
         step = Iteration(
