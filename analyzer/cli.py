@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     whole = classify.add_argument_group("the whole collection (after classifying; see the README)")
     whole.add_argument("--refine", action="store_true", help="refine: class prototypes learn from the images")
     whole.add_argument("--iterations", type=int, help="refinement iterations (default 10)")
-    whole.add_argument("--guard", help="the guard against one class taking everything ('none': seed 002 exactly)")
+    whole.add_argument(
+        "--guard",
+        choices=["balance", "none"],
+        help="against one class taking everything (default balance; none: seed 002)",
+    )
     whole.add_argument("--min-images", type=int, help="no refinement below this many images (default 100)")
     whole.add_argument("--truth", metavar="folders|FILE", help="ground truth: parent folder names, or a CSV/JSONL")
     whole.add_argument(
