@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     whole.add_argument(
         "--guard",
         choices=["balance", "none"],
-        help="against one class taking everything (default balance; none: seed 002)",
+        help="against one class taking all (default balance; none: seed 002)",
     )
     whole.add_argument("--min-images", type=int, help="no refinement below this many images (default 100)")
     whole.add_argument("--truth", metavar="folders|FILE", help="ground truth: parent folder names, or a CSV/JSONL")
