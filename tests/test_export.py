@@ -415,3 +415,28 @@ def test_refined_classes_with_hand_given_labels_winning(cli, photos, tmp_path):
     assert outcome.code == 0, outcome.log
     assert (out / "blue" / "green-1.png").is_file()  # the hand-given label, over the refinement's
     assert (out / "green" / "green-0.png").is_file() and (out / "red" / "red-0.png").is_file()
+
+
+def test_a_caption_left_empty_by_a_power_cut_is_written_again(cli, photos, tmp_path):
+    out = tmp_path / "kohya"
+    ask = (
+        "export",
+        photos,
+        "--to",
+        out,
+        "--layout",
+        "kohya",
+        "--class",
+        "classify.colours",
+        "--caption",
+        "tok, {classify.colours}",
+    )
+    assert cli(*ask).code == 0
+    caption = out / "1_red" / "red-0.txt"
+    caption.write_bytes(b"")  # what a crash before the data reached the disk can leave
+
+    again = cli(*ask)
+
+    assert again.code == 0, again.log
+    assert "1 captions to rewrite" in again.out
+    assert caption.read_text() == "tok, red\n"

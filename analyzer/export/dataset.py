@@ -322,12 +322,16 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
     for wish in plan.wishes:
         entry = manifest.files.get(wish.path)
         same = (
-            entry is not None and entry.hash == wish.item.hash and entry.recipe == recipe and (out / wish.path).exists()
+            entry is not None
+            and entry.hash == wish.item.hash
+            and entry.recipe == recipe
+            and _intact(out / wish.path, entry.size)
         )
         if same:
             plan.keep.append(wish)
             assert entry is not None
-            if entry.caption_digest != _digest(wish.item.caption) or entry.caption != wish.caption_path:
+            stale = entry.caption_digest != _digest(wish.item.caption) or entry.caption != wish.caption_path
+            if stale or (wish.caption_path and not _intact(out / wish.caption_path, len(_caption_bytes(wish)))):
                 plan.captions.append(wish)
             continue
         old = [p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and (out / p).exists()]
@@ -341,8 +345,22 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
     plan.remove = sorted(p for p in manifest.files if p not in wanted_paths and p not in moved)
 
 
+def _caption_bytes(wish: Wish) -> bytes:
+    return (wish.item.caption or "").encode() + b"\n"
+
+
+def _intact(path: Path, size: int) -> bool:
+    """The file is there with the size it was written with (not left empty by a power cut)."""
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
 def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: Mapping[str, Any]) -> ExportResult:
     """Carry the plan out, journaled (blocking): an interruption resumes on the next export."""
+    from .files import write_small
+
     out = options.to
     result = ExportResult(plan, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +375,7 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
             if entry.caption and entry.caption != wish.caption_path:  # another extension, or no caption now
                 _unlink(out / entry.caption)
             if wish.caption_path is not None:
-                atomic_write_bytes(out / wish.caption_path, (wish.item.caption or "").encode() + b"\n")
+                write_small(out / wish.caption_path, _caption_bytes(wish))
             journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
         write_tables(out, plan, options, report)
         _remove_empty_dirs(out)

@@ -322,6 +322,24 @@ def _temp_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.name[:64]}~{who}~{next(sidecar._counter)}.tmp")
 
 
+def write_small(dst: Path, data: bytes) -> None:
+    """Write a small file (a caption) under a temporary name and rename it into place, without an
+    fsync of its own: a reader sees the old file or the new, never a mix, and an export checks each
+    kept file's size, so one a power cut left empty is written again by the next export."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(dst)
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, dst)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _with_destination(exc, dst) from exc
+        raise
+
+
 def _is_temp(name: object) -> bool:
     base = os.path.basename(os.fsdecode(name)) if isinstance(name, str | bytes | os.PathLike) else ""
     return base.startswith(".") and base.endswith(".tmp")
