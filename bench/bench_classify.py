@@ -35,7 +35,7 @@ run; nothing is hard-coded. Three parts:
    (these runs do not wait for other benchmarks to end: a peak RSS does not depend on the load):
    relabelling ``--memory-stored`` (1,000,000) stored embeddings as the command does: with a warm
    text cache (a first subprocess fills it) the ViT-B-32 model is never built. Streaming
-   (``image_vectors`` + ``scores`` in batches of 32; ``chunks()`` + ``scores`` per 1,024 rows;
+   (``image_vectors`` + ``scores`` in batches of 128, the plugin's; ``chunks()`` + ``scores`` per 1,024 rows;
    and, for comparison, ``scores`` on each whole 65,536-row chunk ``chunks()`` yields by default).
    The peak is reset (``/proc/self/clear_refs``) once the plugin is set up, so the figure is the
    peak while classifying; the imports' share (torch, open_clip) is printed beside it. And
@@ -81,7 +81,7 @@ ARCH = "ViT-B-32"
 MODEL_ID = "ViT-B-32/random-seed0"
 TINY_MODEL_ID = "tiny-clip-test/random"
 DIM = 512
-BATCH = 32  # ClassifyPlugin.batch_size_hint: the batches a run hands the plugin
+BATCH = 128  # ClassifyPlugin.batch_size_hint: the batches a run hands the plugin
 CHUNK_SCORES = 1024  # rows per scores() call in the chunks() loop
 WARM_TARGET = 1000.0  # re-encode time / warm relabel time
 COLD_TARGET = 20.0  # re-encode time / cold relabel time

@@ -151,7 +151,7 @@ class ClassifyOptions(PluginOptions):
     """Prompt templates averaged per label (``{}`` stands for the label)."""
     temperature: float = Field(default=0.01, gt=0)
     """Softmax temperature over the similarities (0.01: CLIP's own logit scale of 100)."""
-    store_top: int = Field(default=50, ge=1)
+    store_top: int = Field(default=20, ge=1)
     """Labels kept per image for sets bigger than this (the most confident); smaller sets keep all."""
     top_k: int = Field(default=3, ge=1)
     """When read (wildcards, status, export): labels per image."""
@@ -229,7 +229,7 @@ class ClassifyPlugin(AnalyzerPlugin):
     requires = ("torch", "open_clip", "numpy")
     """(``split_on_oom`` comes from :mod:`analyzer_clip.models`, which imports none of clip-interrogator.)"""
     install_hint = "pip install 'analyzer[clip]'"
-    batch_size_hint = 32
+    batch_size_hint = 128
     concurrency_hint = 1
     Options = ClassifyOptions
 
