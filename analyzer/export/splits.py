@@ -406,7 +406,7 @@ def _cell_pairs(matrix: Matrix, cells: Indices, threshold: float) -> Iterator[tu
 def _one_blas_thread() -> AbstractContextManager[object]:
     """BLAS and LAPACK on one thread meanwhile (with threadpoolctl, which scikit-learn installs)."""
     try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - then NumPy's threads, as they are
         return contextlib.nullcontext()
     limits: AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
