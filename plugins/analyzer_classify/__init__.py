@@ -400,7 +400,8 @@ class ClassifyPlugin(AnalyzerPlugin):
         rows_at = np.arange(len(found))[:, None]
         scores_kept = np.round(sims[rows_at, order].astype(np.float64), 5).tolist()
         conf_kept = np.round(conf[rows_at, order].astype(np.float64), 5).tolist()
-        top_conf = conf[rows_at[:, 0], order[:, 0]]
+        top_conf = conf[rows_at[:, 0], order[:, 0]].tolist()
+        order_rows = order.tolist()  # plain ints: indexing a list with numpy integers is slow
         parameters = {
             "model": self.opts.model,
             "labels": len(labels),
@@ -414,9 +415,9 @@ class ClassifyPlugin(AnalyzerPlugin):
                 out.append(vector)
                 continue
             i = next(rows)
-            names = [labels[j] for j in order[i]]
+            names = [labels[j] for j in order_rows[i]]
             if tally:
-                top = names[0] if float(top_conf[i]) >= self.opts.min_confidence else "unknown"
+                top = names[0] if top_conf[i] >= self.opts.min_confidence else "unknown"
                 self.tally.setdefault(mode, Counter())[top] += 1
             entries = [
                 {"label": name, "score": score, "confidence": c}
