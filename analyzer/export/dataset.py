@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -474,9 +474,6 @@ def _options_record(options: ExportOptions) -> dict[str, Any]:
 def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[str, Any]) -> None:
     """labels.jsonl, labels.csv, metadata.json, report.txt/.json (and imagefolder's metadata.jsonl)."""
     lines = []
-    rows = io.StringIO()
-    table = csv.writer(rows, lineterminator="\n")
-    table.writerow(["path", "top1", "confidence"])
     for wish in plan.exported:
         item = wish.item
         record = {
@@ -488,9 +485,8 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
             "source": str(item.path),
         }
         lines.append(json.dumps(record, ensure_ascii=False))
-        table.writerow([wish.path, item.label or "", "" if item.confidence is None else f"{item.confidence:.5f}"])
     atomic_write_bytes(out / "labels.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
-    atomic_write_bytes(out / "labels.csv", rows.getvalue().encode())
+    atomic_write_bytes(out / "labels.csv", labels_csv((w.path, w.item) for w in plan.exported))
     if options.layout == "imagefolder":
         per_split: dict[str, list[str]] = {}
         for wish in plan.exported:
@@ -529,15 +525,19 @@ def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[
     )
 
 
+def labels_csv(rows: Iterable[tuple[str, Item]]) -> bytes:
+    """``path,top1,confidence``, one row per (path, image)."""
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(["path", "top1", "confidence"])
+    for path, item in rows:
+        table.writerow([path, item.label or "", "" if item.confidence is None else f"{item.confidence:.5f}"])
+    return text.getvalue().encode()
+
+
 def write_csv(target: Path, plan: Plan) -> None:
     """``path,top1,confidence`` of the source images the dataset would hold (``--csv-only``)."""
-    rows = io.StringIO()
-    table = csv.writer(rows, lineterminator="\n")
-    table.writerow(["path", "top1", "confidence"])
-    for wish in plan.wishes:
-        item = wish.item
-        table.writerow([str(item.path), item.label or "", "" if item.confidence is None else f"{item.confidence:.5f}"])
-    atomic_write_bytes(target, rows.getvalue().encode())
+    atomic_write_bytes(target, labels_csv((str(w.item.path), w.item) for w in plan.wishes))
 
 
 def report_text(metadata: Mapping[str, Any], report: Mapping[str, Any]) -> str:

@@ -54,16 +54,16 @@ added, in the tests). The approximate search itself may find a pair in one run a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..embeddings import one_blas_thread
 
 if TYPE_CHECKING:
     import numpy as np
@@ -322,7 +322,7 @@ def _partitions(matrix: Matrix, order: Indices, seed: int, probes: int, tables: 
     if dim > REDUCED:  # principal axes of the sample; the vectors are projected, not centred
         centred = sample - sample.mean(axis=0)
         covariance = (centred.T @ centred).astype(np.float64)
-        with _one_blas_thread():  # LAPACK's threads on two busy cores: 50 times slower
+        with one_blas_thread():  # LAPACK's threads on two busy cores: 50 times slower
             _, axes = np.linalg.eigh(covariance)
         basis = np.ascontiguousarray(axes[:, ::-1][:, :REDUCED], dtype=np.float32)
         reduced = np.empty((m, REDUCED), dtype=np.float32)
@@ -396,21 +396,11 @@ def _cell_pairs(matrix: Matrix, cells: Indices, threshold: float) -> Iterator[tu
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(8, cores))
-    with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
         window = 4 * workers  # cells in flight: the pairs waiting for union-find stay few
         for first in range(0, len(populated), window):
             for found in pool.map(pairs_in, populated[first : first + window]):
                 yield from found
-
-
-def _one_blas_thread() -> AbstractContextManager[object]:
-    """BLAS and LAPACK on one thread meanwhile (with threadpoolctl, which scikit-learn installs)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - then NumPy's threads, as they are
-        return contextlib.nullcontext()
-    limits: AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
-    return limits
 
 
 def _find(parent: Indices, nodes: Indices) -> Indices:

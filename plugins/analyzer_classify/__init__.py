@@ -17,7 +17,6 @@ torch and open_clip load in :meth:`ClassifyPlugin.setup` (``pip install 'analyze
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analyzer.embeddings import EmbeddingStore
+from analyzer.embeddings import EmbeddingStore, one_blas_thread
 from analyzer.errors import ConfigError, PluginUnavailable
 from analyzer.images import DEFAULT_MAX_PIXELS, open_image
 from analyzer.plugin import AnalyzerPlugin, Failure, ImageRef, Outcome, PluginOptions, Result
@@ -178,24 +177,6 @@ class ClassifyOptions(PluginOptions):
 
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:8]
-
-
-_blas: Any = None
-
-
-def one_blas_thread() -> Any:
-    """A context in which numpy's BLAS uses one thread. The products of a batch are small (32
-    images x 1,000 labels): on a 2-core machine with anything else running, OpenBLAS's threads
-    spin and wait, and scoring took five times longer with two of them than with one."""
-    global _blas
-    try:
-        if _blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            _blas = ThreadpoolController()
-        return _blas.limit(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the clip extra)
-        return contextlib.nullcontext()
 
 
 def best_first(conf: Matrix, keep: int) -> Any:
