@@ -160,20 +160,27 @@ class Staged:
     fd: int
 
 
+def temp_path(path: str | Path, owner: str | None = None) -> str:
+    """A new hidden temporary name beside ``path``, ``.<name>~<host>~<pid>~<n>.tmp``: it says who
+    wrote it (``owner``, by default this process on this host), so a crashed writer's leftovers can
+    be told from a live one's (:func:`analyzer.hosts.abandoned_temp`); no two calls give one name."""
+    folder, name = os.path.split(path)
+    who = owner or hosts.owner(hosts.default_host_id())
+    return os.path.join(folder, f".{name[:64]}~{who}~{next(_counter)}.tmp")
+
+
 def stage(path: str | Path, data: bytes, owner: str | None = None) -> Staged:
     """Write ``data`` to a new hidden temporary file beside ``path`` (blocking). Raises OSError.
 
     Its name, ``.<name>~<host>~<pid>~<n>.tmp``, says who wrote it (``owner``, by default this
     process on this host), so a crashed writer's leftovers can be told from a live one's.
     """
-    folder, name = os.path.split(path)
-    who = owner or hosts.owner(hosts.default_host_id())
-    tmp = os.path.join(folder, f".{name[:64]}~{who}~{next(_counter)}.tmp")
+    tmp = temp_path(path, owner)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(tmp, flags, 0o644)
     except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(tmp) or ".", exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
         view = memoryview(data)

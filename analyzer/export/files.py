@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from .. import hosts, sidecar
+from .. import sidecar
 from ..errors import AnalyzerError, ImageError
 from ..images import DEFAULT_MAX_PIXELS, open_image
 from ..sidecar import Staged, atomic_write_bytes, publish, stage
@@ -316,10 +316,8 @@ class LinkNotSupported(AnalyzerError, OSError):
 
 
 def _temp_path(dst: Path) -> Path:
-    """A new hidden temporary name beside ``dst``, as :func:`analyzer.sidecar.stage` names its own
-    (from its counter: the two never pick one name), so :func:`analyzer.hosts.abandoned_temp` knows it."""
-    who = hosts.owner(hosts.default_host_id())
-    return dst.with_name(f".{dst.name[:64]}~{who}~{next(sidecar._counter)}.tmp")
+    """A new hidden temporary name beside ``dst``, named as sidecars' are (:func:`analyzer.sidecar.temp_path`)."""
+    return Path(sidecar.temp_path(dst))
 
 
 def write_small(dst: Path, data: bytes) -> None:
