@@ -180,38 +180,62 @@ class ModelEmbeddings:
         return missing
 
     def _missing(self, hashes: Sequence[str]) -> list[str]:
+        keys = [key_of(h) for h in hashes]
         with self._lock:
-            return [h for h in hashes if not ((k := key_of(h)) in self._pending or self._has_stored(k))]
+            stored = self._stored_at(keys)
+            return [h for h, k, at in zip(hashes, keys, stored, strict=True) if at < 0 and k not in self._pending]
 
-    def get(self, hashes: Sequence[str]) -> list[Matrix | None]:
-        """The embedding of each content hash (a ``float32`` vector), or None where there is none."""
-        if self._missing(hashes):
-            self.refresh()
-        out: list[Matrix | None] = []
-        for content_hash in hashes:
-            out.append(self._get_one(key_of(content_hash)))
-        return out
-
-    def _get_one(self, key: bytes, retried: bool = False) -> Matrix | None:
+    def _stored_at(self, keys: Sequence[bytes]) -> list[int]:
+        """For each key, its index in the sorted stored keys, or -1 (one vectorised search; under the lock)."""
         import numpy as np
 
-        with self._lock:
-            if key in self._pending:
-                return self._pending_rows[self._pending[key]].copy()
-            i = int(np.searchsorted(self._keys, key))
-            if i >= len(self._keys) or bytes(self._keys[i]).ljust(KEY_BYTES, b"\0") != key or self.dim is None:
-                return None
-            number, row = (int(v) for v in self._where[i])
-            shard, dim = self._shards[number], self.dim
-        try:
-            with shard.vec.open("rb") as handle:
-                data = os.pread(handle.fileno(), dim * 4, shard.offset + row * dim * 4)
-        except FileNotFoundError:  # merged by a compaction meanwhile: the new shard has it
-            if retried:
-                return None
+        if not keys or not len(self._keys):
+            return [-1] * len(keys)
+        wanted = np.array(keys, dtype=f"S{KEY_BYTES}")  # stripped of trailing NULs like the stored keys
+        at = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+        found = self._keys[at] == wanted
+        return np.where(found, at, -1).tolist()  # type: ignore[no-any-return]
+
+    def get(self, hashes: Sequence[str]) -> list[Matrix | None]:
+        """The embedding of each content hash (a ``float32`` vector), or None where there is none.
+        One search for all of them, and each shard file opened once."""
+        if self._missing(hashes):
             self.refresh()
-            return self._get_one(key, retried=True)
-        return np.frombuffer(data, dtype=np.float32).copy()
+        keys = [key_of(h) for h in hashes]
+        try:
+            return self._get_many(keys)
+        except FileNotFoundError:  # a shard merged by a compaction meanwhile: the new one has its rows
+            self.refresh()
+            try:
+                return self._get_many(keys)
+            except FileNotFoundError:
+                return [None] * len(keys)
+
+    def _get_many(self, keys: Sequence[bytes]) -> list[Matrix | None]:
+        import numpy as np
+
+        out: list[Matrix | None] = [None] * len(keys)
+        wanted: dict[int, list[tuple[int, int]]] = {}  # shard number -> [(position in keys, row)]
+        with self._lock:
+            dim = self.dim
+            stored = self._stored_at(keys)
+            places = self._where[[max(at, 0) for at in stored]].tolist() if len(self._where) else []
+            for i, (key, at) in enumerate(zip(keys, stored, strict=True)):
+                if key in self._pending:
+                    out[i] = self._pending_rows[self._pending[key]].copy()
+                elif at >= 0 and dim is not None:
+                    number, row = places[i]
+                    wanted.setdefault(number, []).append((i, row))
+            shards = {number: self._shards[number] for number in wanted}
+        for number, rows in wanted.items():
+            shard = shards[number]
+            assert dim is not None
+            with shard.vec.open("rb") as handle:
+                fd = handle.fileno()
+                for i, row in rows:
+                    data = os.pread(fd, dim * 4, shard.offset + row * dim * 4)
+                    out[i] = np.frombuffer(data, dtype=np.float32).copy()
+        return out
 
     def chunks(self, rows: int = 65536) -> Iterator[tuple[Any, Matrix]]:
         """Every stored embedding once, ``rows`` at a time: (keys, matrix); memory stays at one chunk."""

@@ -14,7 +14,7 @@ run; nothing is hard-coded. Three parts:
    vectors of 512 dimensions in an EmbeddingStore, keyed by fake content hashes) into a new list
    of ``--labels`` (1,000) labels from the bundled concept bank, through the plugin's public
    methods the way a run calls them: ``image_vectors`` on ``ImageRef`` objects (their embeddings
-   the store, their files absent) and ``scores``, in batches of the plugin's batch size (32).
+   the store, their files absent) and ``scores``, in batches of the plugin's batch size (128).
    That is what a relabel computes (``ClassifyPlugin.classify``): a stored-vector look-up per image,
    then scoring. Cold: an empty text cache (1,000 labels x 7 templates = 7,000 prompts encoded);
    warm: the cache filled by the cold run (a new plugin, so nothing is kept in memory). Warm: the

@@ -141,3 +141,23 @@ def test_two_processes_embedding_the_same_images_keep_each_once(tmp_path: Path) 
     model.compact()
     assert len(list(model.folder.glob("*.keys.npy"))) == 1 and len(model) == 6
     assert all(np.array_equal(g, v) for g, v in zip(model.get([f"sha256:{j}" for j in range(6)]), data, strict=True))
+
+
+def test_one_lookup_mixes_shards_unsaved_rows_and_absent_keys_in_the_order_asked(tmp_path: Path) -> None:
+    folder = tmp_path / "embeddings"
+    data = vectors(9)
+    for start in (0, 3):  # two shards, from two writers
+        writer = EmbeddingStore(folder).model("m")
+        writer.put([f"sha256:{j}" for j in range(start, start + 3)], data[start : start + 3])
+        writer.flush()
+    reader = EmbeddingStore(folder).model("m")
+    reader.put(["sha256:6"], data[6:7])  # not flushed: from memory
+
+    asked = ["sha256:4", "sha256:none", "sha256:6", "sha256:0", "sha256:5", "sha256:1"]
+    got = reader.get(asked)
+
+    assert got[1] is None
+    for text, vector in zip(asked, got, strict=True):
+        if vector is not None:
+            assert np.array_equal(vector, data[int(text.split(":")[1])])
+    assert reader.missing(asked) == ["sha256:none"]
