@@ -41,7 +41,7 @@ from .registry import Unavailable, cannot_run, select_plugins, select_readers
 from .selector import Selector
 from .settings import Settings, load_settings
 from .store import Store, root_of_file
-from .survey import collect_status, rebuild_wildcards, show_values, surveyed
+from .survey import Seen, collect_status, rebuild_wildcards, show_values, surveyed
 
 log = logging.getLogger("analyzer")
 
@@ -612,9 +612,9 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     wanted = [Selector.parse(args.label), *(Condition.parse(w).selector for w in args.where)]
     args.plugins = sorted({s.plugin for s in wanted})
     plugins, _, _, _ = _plugins(settings, args, check_requirements=False)
-    seen: dict[Path, list[str]] = {}
+    seen: dict[Path, list[Seen]] = {}
     stores = surveyed(
-        settings, plugins, args.paths, seen=lambda store, rel: seen.setdefault(store.root, []).append(rel)
+        settings, plugins, args.paths, seen=lambda store, image: seen.setdefault(store.root, []).append(image)
     )
     try:
         found = prune.below(stores, args.label, args.min_confidence, preferred_models(plugins), args.where, seen)

@@ -21,8 +21,10 @@ _TEMP = re.compile(r"^\..*~(?P<host>[A-Za-z0-9_-]+)~(?P<pid>\d+)~\d+\.tmp$")
 
 
 @lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def default_host_id() -> str:
-    """This machine's id: the start of ``/etc/machine-id`` (stable across renames), else its host name."""
+    """This machine's id: the start of ``/etc/machine-id`` (stable across renames), else its host
+    name (read once per process: every temporary file name carries it)."""
     try:
         with open("/etc/machine-id") as handle:
             found = handle.read().strip()[:12]

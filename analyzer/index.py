@@ -3,9 +3,12 @@
 The sidecars are the truth; the index only remembers, per image, the image's size, mtime and
 hash, and per sidecar its size and mtime and a digest of its contents (which modes and models
 are done or failed, its wildcard entries, the context digests its results were made from, and
-the digests of the values other plugins read from it). Whenever a sidecar's size or mtime differs from
-what the index remembers, the sidecar is read again and the index row replaced; a missing or
-unreadable index is rebuilt the same way. Deleting it is always safe.
+the digests of the values other plugins read from it), and, in a table of their own, its results
+(each result and when it was made, without the rest of the entry), so that a command reading
+values from 100,000 images (``analyzer export``) reads one table, not 100,000 files. Whenever a
+sidecar's size or mtime differs from what the index remembers, the sidecar is read again and the
+index row replaced; a missing or unreadable index is rebuilt the same way. Deleting it is always
+safe.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .discovery import Stat
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = "3"
+INDEX_VERSION = "4"
 INDEX_NAME = "index.sqlite"
 
 _SCHEMA = """
@@ -39,6 +42,9 @@ CREATE TABLE IF NOT EXISTS sidecars(
     sc_size INTEGER, sc_mtime_ns INTEGER, hash TEXT,
     done TEXT, retry TEXT, failed TEXT, wild TEXT, ctx TEXT, sel TEXT,
     PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results(
+    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, hash TEXT, data BLOB NOT NULL,
+    PRIMARY KEY(dir, name, plugin));
 CREATE TABLE IF NOT EXISTS claims(
     dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, owner TEXT NOT NULL,
     items TEXT NOT NULL, expires REAL NOT NULL,
@@ -61,6 +67,9 @@ class SidecarRow:
     """``"mode\tmodel"`` -> digest of the context (other results) that result was made from."""
     sel: dict[str, str] | None = None
     """selector text -> digest of its value in this sidecar, for the selectors other plugins read."""
+    results: bytes | None = None
+    """The sidecar's results as JSON, ``{mode: {model: {"result", "created_at"}}}`` (written to the
+    index, not read back by :meth:`Index.load_dir`: :meth:`Index.results_in` reads them)."""
 
 
 @dataclass(slots=True)
@@ -109,7 +118,7 @@ class Index:
         self.path = path
         self.read_only = read_only
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        self._pending: list[tuple[tuple[str, tuple[object, ...]], ...]] = []
         self._pending_since = 0.0
         self.changes = 0
         """Counts every change (under the lock): a reader compares it with the count it saw last."""
@@ -166,6 +175,7 @@ class Index:
                 db.execute("DROP TABLE IF EXISTS images")
                 db.execute("DROP TABLE IF EXISTS sidecars")
                 db.execute("DROP TABLE IF EXISTS claims")
+                db.execute("DROP TABLE IF EXISTS results")
                 db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (INDEX_VERSION,))
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -259,11 +269,34 @@ class Index:
             ).fetchall()
         return [f"{d}/{n}" if d else n for d, n in rows]
 
+    def results_in(self, rel_dir: str, plugins: Sequence[str]) -> dict[str, dict[str, tuple[str | None, bytes]]]:
+        """The stored results of a folder's sidecars of ``plugins``: name -> plugin -> (the hash of
+        the content they describe, their JSON, see :attr:`SidecarRow.results`)."""
+        found: dict[str, dict[str, tuple[str | None, bytes]]] = {}
+        if not plugins:
+            return found
+        marks = ",".join("?" * len(plugins))
+        with self._lock:
+            self._flush_locked()
+            rows = self._db.execute(
+                f"SELECT name, plugin, hash, data FROM results WHERE dir=? AND plugin IN ({marks})",
+                [rel_dir, *plugins],
+            ).fetchall()
+        for name, plugin, hash_, data in rows:
+            found.setdefault(name, {})[plugin] = (hash_, data)
+        return found
+
     # -- writing -------------------------------------------------------------------------
     def put_image(self, rel_dir: str, name: str, stat: Stat, hash_: str) -> None:
         self._write("INSERT OR REPLACE INTO images VALUES(?,?,?,?,?)", (rel_dir, name, stat[0], stat[1], hash_))
 
     def put_sidecar(self, rel_dir: str, name: str, plugin: str, stat: Stat, row: SidecarRow) -> None:
+        key = (rel_dir, name, plugin)
+        results: tuple[str, tuple[object, ...]] = (
+            ("INSERT OR REPLACE INTO results VALUES(?,?,?,?,?)", (*key, row.hash, row.results))
+            if row.results is not None
+            else ("DELETE FROM results WHERE dir=? AND name=? AND plugin=?", key)
+        )
         self._write(
             "INSERT OR REPLACE INTO sidecars VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -280,6 +313,7 @@ class Index:
                 _json_text(row.ctx),
                 _json_text(row.sel),
             ),
+            then=results,
         )
 
     def reading_rules(self, plugin: str, digest: str) -> bool:
@@ -297,6 +331,7 @@ class Index:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM sidecars WHERE plugin=?", (plugin,))
+                self._db.execute("DELETE FROM results WHERE plugin=?", (plugin,))
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, digest))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -306,26 +341,38 @@ class Index:
             return True
 
     def delete_sidecar(self, rel_dir: str, name: str, plugin: str) -> None:
-        self._write("DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?", (rel_dir, name, plugin))
+        key = (rel_dir, name, plugin)
+        self._write(
+            "DELETE FROM sidecars WHERE dir=? AND name=? AND plugin=?",
+            key,
+            then=("DELETE FROM results WHERE dir=? AND name=? AND plugin=?", key),
+        )
 
     def delete_names(self, rel_dir: str, names: Iterable[str]) -> None:
         for name in names:
             self._write("DELETE FROM images WHERE dir=? AND name=?", (rel_dir, name))
-            self._write("DELETE FROM sidecars WHERE dir=? AND name=?", (rel_dir, name))
+            self._write(
+                "DELETE FROM sidecars WHERE dir=? AND name=?",
+                (rel_dir, name),
+                then=("DELETE FROM results WHERE dir=? AND name=?", (rel_dir, name)),
+            )
 
     def delete_dirs(self, rel_dirs: Iterable[str]) -> None:
         for rel_dir in rel_dirs:
             self._write("DELETE FROM images WHERE dir=?", (rel_dir,))
-            self._write("DELETE FROM sidecars WHERE dir=?", (rel_dir,))
+            self._write(
+                "DELETE FROM sidecars WHERE dir=?", (rel_dir,), then=("DELETE FROM results WHERE dir=?", (rel_dir,))
+            )
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    def _write(self, sql: str, args: tuple[object, ...], then: tuple[str, tuple[object, ...]] | None = None) -> None:
+        """Queue one statement (and ``then``, a second one on another table that goes with it)."""
         with self._lock:
             self.changes += 1
             if self.read_only:
                 return
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append((sql, args))
+            self._pending.append(((sql, args),) if then is None else ((sql, args), then))
             if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._pending_since >= FLUSH_SECONDS:
                 self._flush_locked()
 
@@ -338,8 +385,12 @@ class Index:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, group in itertools.groupby(pending, key=lambda p: p[0]):
-                    db.executemany(sql, [args for _, args in group])
+                # a run of writes of one kind (each one statement, or a pair on two tables) is
+                # written with one executemany per statement: the order per table is kept
+                for _, run in itertools.groupby(pending, key=lambda p: tuple(sql for sql, _ in p)):
+                    writes = list(run)
+                    for position, (sql, _) in enumerate(writes[0]):
+                        db.executemany(sql, [write[position][1] for write in writes])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .export.items import Condition, Wanted, read_items
 from .selector import Selector
 from .store import Store
+from .survey import Seen
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def below(
     min_confidence: float,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     where: Sequence[str] = (),
-    found: Mapping[Path, Sequence[str]] | None = None,
+    found: Mapping[Path, Sequence[Seen]] | None = None,
 ) -> list[Pruned]:
     """The images whose ``label`` result is less confident than ``min_confidence`` (or has none)."""
     wanted = Wanted(label=Selector.parse(label), where=tuple(Condition.parse(w) for w in where))

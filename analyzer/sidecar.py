@@ -26,6 +26,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,6 +150,36 @@ def atomic_write_bytes(path: Path, data: bytes, owner: str | None = None) -> tup
     if isinstance(found, OSError):
         raise found
     return found
+
+
+def atomic_write_lines(path: Path, lines: Iterable[bytes], owner: str | None = None) -> tuple[int, int]:
+    """:func:`atomic_write_bytes` for a long text given a line at a time (each ending in a newline):
+    written as it comes, a few thousand lines at a time, so memory never holds the whole text."""
+    staged = stage(path, b"", owner)
+    try:
+        chunk: list[bytes] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= 4096:
+                _write_all(staged.fd, b"".join(chunk))
+                chunk = []
+        _write_all(staged.fd, b"".join(chunk))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(staged.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(staged.tmp)
+        raise
+    (found,) = publish([staged])
+    if isinstance(found, OSError):
+        raise found
+    return found
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @dataclass

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import hosts
 from .discovery import join_rel, wanted_path
 from .embeddings import EmbeddingStore
@@ -107,7 +109,32 @@ class Digester:
             json.dumps(wild, ensure_ascii=False) if wild else None,
             ctx or None,
             sel or None,
+            results_json(analysis),
         )
+
+
+def results_json(analysis: Mapping[str, Any]) -> bytes | None:
+    """A sidecar's results as the index keeps them: each stored entry's ``result`` and
+    ``created_at`` (what a selector reads and chooses by), by mode and model; None when there are none."""
+    kept = {
+        mode: {
+            model: {"result": entry["result"], "created_at": entry.get("created_at")}
+            for model, entry in by_model.items()
+            if isinstance(entry, Mapping) and "result" in entry
+        }
+        for mode, by_model in analysis.items()
+        if isinstance(by_model, Mapping)
+    }
+    kept = {mode: by_model for mode, by_model in kept.items() if by_model}
+    return orjson.dumps(kept, option=orjson.OPT_NON_STR_KEYS) if kept else None
+
+
+def _value(sel: Selector, analysis: Mapping[str, Any], preferred: Mapping[str, Mapping[str, Sequence[str]]]) -> Any:
+    """What ``sel`` names in a sidecar's results, or MISSING."""
+    if not analysis.get(sel.mode):
+        return MISSING
+    found = sel.resolve(analysis, preferred.get(sel.plugin, {}).get(sel.mode, ()))
+    return found.value if found is not None else MISSING
 
 
 Preferred = dict[str, dict[str, tuple[str, ...]]]
@@ -477,14 +504,34 @@ class Store:
                     doc = None
                 docs[sel.plugin] = doc if doc is not None and doc["file_info"].get("hash") == image_hash else None
             doc = docs[sel.plugin]
-            found = None
             analysis = doc["analysis"] if doc is not None else {}
-            if analysis.get(sel.mode):
-                found = sel.resolve(analysis, preferred.get(sel.plugin, {}).get(sel.mode, ()))
-            elif doc is not None and doc["errors"].get(sel.mode):
+            out[sel.text] = _value(sel, analysis, preferred)
+            if not analysis.get(sel.mode) and doc is not None and doc["errors"].get(sel.mode):
                 failed.add(sel.text)
-            out[sel.text] = found.value if found is not None else MISSING
         return out, failed
+
+    def values_in(
+        self,
+        rel_dir: str,
+        images: Sequence[tuple[str, str]],
+        selectors: Sequence[Selector],
+        preferred: Mapping[str, Mapping[str, Sequence[str]]],
+    ) -> list[dict[str, Any] | None]:
+        """For ``(name, content hash)`` images of one folder, what :meth:`values` gives, from the
+        index's copy of the results (one query, no sidecar read); None for an image the index has
+        no results for from one of the selectors' plugins (no such sidecar, or not indexed):
+        :meth:`values` reads its sidecars and says which results failed."""
+        plugins = sorted({sel.plugin for sel in selectors})
+        stored = self.index.results_in(rel_dir, plugins)
+        out: list[dict[str, Any] | None] = []
+        for name, image_hash in images:
+            found = stored.get(name, {})
+            if len(found) < len(plugins) or any(found[p][0] != image_hash for p in plugins):
+                out.append(None)
+                continue
+            analyses = {plugin: orjson.loads(data) for plugin, (_, data) in found.items()}
+            out.append({sel.text: _value(sel, analyses[sel.plugin], preferred) for sel in selectors})
+        return out
 
     def read_docs(self, rel: str, plugins: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The image's readable sidecars, by plugin (a corrupt or unreadable one is left where it is)."""

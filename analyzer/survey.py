@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .discovery import Stat
 from .errors import CorruptSidecar
 from .hashing import hash_file
 from .index import SidecarRow
@@ -40,6 +41,17 @@ class Status:
     """With ``failed=True``: every failed item, with its error, in path order."""
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """An image a walk found."""
+
+    rel: str
+    hash: str | None
+    """Its content hash; None when it changed since it was last hashed (its results, if any,
+    describe other content)."""
+    size: int
+
+
 @dataclass(frozen=True)
 class Failed:
     """One failed item: which image, plugin, mode and model, and the error its sidecar records."""
@@ -60,7 +72,7 @@ def _survey(
     paths: Sequence[Path],
     counts: Counter[tuple[str, str, str, str]] | None,
     failures: list[Failed] | None = None,
-    seen: Callable[[Store, str], None] | None = None,
+    seen: Callable[[Store, Seen], None] | None = None,
 ) -> tuple[list[Store], RunStats]:
     """Walk the roots, index what the sidecars say, tally item states into ``counts`` and, given
     ``failures``, collect every failed item with its error (blocking)."""
@@ -69,9 +81,9 @@ def _survey(
     found, _ = digesters(planner, by_name)
     stats = RunStats()
 
-    def tally(store: Store, rel: str, rows: dict[str, SidecarRow | None]) -> None:
+    def tally(store: Store, rel: str, rows: dict[str, SidecarRow | None], image_hash: str | None, stat: Stat) -> None:
         if seen is not None:
-            seen(store, rel)
+            seen(store, Seen(rel, image_hash, stat[0]))
         if counts is not None:
             planner.tally(rows, counts)
         if failures is not None:
@@ -102,7 +114,7 @@ def _survey(
                 prepared.rows = {}
             else:
                 stats.changed += prepared.changed
-            tally(cand.store, cand.rel, prepared.rows)
+            tally(cand.store, cand.rel, prepared.rows, prepared.image_hash, cand.stat)
         return True
 
     try:
@@ -172,10 +184,10 @@ def surveyed(
     plugins: Sequence[AnalyzerPlugin],
     paths: Sequence[Path],
     readers: Sequence[AnalyzerPlugin] = (),
-    seen: Callable[[Store, str], None] | None = None,
+    seen: Callable[[Store, Seen], None] | None = None,
 ) -> list[Store]:
     """Walk the roots (folders) so that each index knows every image and sidecar there is now,
-    calling ``seen(store, rel)`` for every image found; the open stores, one per root, for the
+    calling ``seen(store, Seen(...))`` for every image found; the open stores, one per root, for the
     caller to read and close (blocking)."""
     stores, _ = _survey(settings, plugins, readers, paths, None, None, seen)
     return stores

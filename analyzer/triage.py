@@ -88,6 +88,8 @@ class Prepared:
 
 Emit = Callable[[list[Candidate]], bool]
 """Hands a chunk on; False means stop."""
+UpToDate = Callable[[Store, str, dict[str, "SidecarRow | None"], str, Stat], None]
+"""Told of each image the walk proves up to date: (store, rel, its sidecars' rows, its hash, its stat)."""
 Defer = Callable[[Store, str, Stat], bool]
 """True takes an image out of the walk (the watcher: it is too fresh)."""
 
@@ -106,7 +108,7 @@ class Triage:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         follow_symlinks: bool = True,
-        on_up_to_date: Callable[[Store, str, dict[str, SidecarRow | None]], None] | None = None,
+        on_up_to_date: UpToDate | None = None,
         stats: RunStats | None = None,
     ) -> None:
         self.planner = planner
@@ -231,7 +233,7 @@ class Triage:
             if current and planner.satisfied(known):  # type: ignore[arg-type]  # no NEEDS_READ when current
                 up_to_date += 1
                 if self.on_up_to_date is not None:
-                    self.on_up_to_date(store, listing.rel(name), known)  # type: ignore[arg-type]
+                    self.on_up_to_date(store, listing.rel(name), known, row.hash, stat)  # type: ignore[arg-type,union-attr]
                 continue
             chunk.append(
                 Candidate(

@@ -316,9 +316,9 @@ def change_some(root: Path, state: State, state_file: Path, cwd: Path) -> int:
 # -- reading an export ------------------------------------------------------------------------------
 def manifest_entries(out: Path) -> dict[str, dict[str, Any]]:
     """OUT's manifest: path in OUT -> entry (src, hash, split, label, ...)."""
-    data = json.loads((out / ".analyzer-export" / "manifest.json").read_text(encoding="utf-8"))
-    files: dict[str, dict[str, Any]] = data["files"]
-    return files
+    header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(header)["version"] == 2, "a manifest of another version"
+    return {record.pop("path"): record for record in map(json.loads, lines)}
 
 
 def split_by_hash(entries: dict[str, dict[str, Any]]) -> dict[str, str]:

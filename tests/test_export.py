@@ -41,6 +41,13 @@ def photos(tmp_path: Path, cli) -> Path:  # type: ignore[no-untyped-def]
     return root
 
 
+def manifest_files(out: Path) -> dict[str, dict]:
+    """The dataset's manifest: a header line, then one line per file in OUT (path, src, hash, split...)."""
+    header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(header)["version"] == 2
+    return {record.pop("path"): record for record in map(json.loads, lines)}
+
+
 def exported(out: Path) -> list[str]:
     return sorted(
         p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".analyzer-export" not in p.parts
@@ -129,7 +136,7 @@ def test_kohya_folders_and_captions_file_by_file(cli, photos, tmp_path):
 def test_a_second_export_adds_moves_and_removes_and_keeps_every_split(cli, photos, tmp_path):
     out = tmp_path / "dataset"
     cli("export", photos, "--to", out, "--class", "classify.colours", "--near-duplicates", "0")
-    first = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    first = manifest_files(out)
     split_of = {entry["hash"]: entry["split"] for entry in first.values()}
 
     make_image(photos / "green-new.png", size=(12, 12), color=(25, 190, 40))  # new
@@ -140,7 +147,7 @@ def test_a_second_export_adds_moves_and_removes_and_keeps_every_split(cli, photo
     again = cli("export", photos, "--to", out, "--class", "classify.colours", "--near-duplicates", "0")
 
     assert again.code == 0, again.log
-    files = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    files = manifest_files(out)
     assert len(files) == 20
     assert not any("blue-5" in path for path in files)
     (red0,) = [path for path, entry in files.items() if entry["src"].endswith("red-0.png")]
@@ -156,7 +163,7 @@ def test_near_duplicates_never_straddle_splits(cli, photos, tmp_path):
     outcome = cli("export", photos, "--to", out, "--class", "classify.colours")  # cosine 0.95 by default
 
     assert outcome.code == 0, outcome.log
-    files = json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]
+    files = manifest_files(out)
     splits_of_colour: dict[str, set[str]] = {}
     for entry in files.values():
         splits_of_colour.setdefault(entry["label"], set()).add(entry["split"])
@@ -252,19 +259,19 @@ def test_the_csv_alone(cli, photos, tmp_path):
 def test_an_interrupted_export_resumes(cli, photos, tmp_path, monkeypatch):
     from analyzer.export import files
 
-    real = files.place
+    real = files.Placer.place
     calls = {"n": 0}
 
-    def failing(src: Path, dst: Path, link: str = "auto") -> str:
+    def failing(self: files.Placer, src: Path, dst: Path) -> str:
         calls["n"] += 1
         if calls["n"] == 7:
             raise OSError(28, "No space left on device")
-        return real(src, dst, link)
+        return real(self, src, dst)
 
     out = tmp_path / "dataset"
-    monkeypatch.setattr(files, "place", failing)
+    monkeypatch.setattr(files.Placer, "place", failing)
     stopped = cli("export", photos, "--to", out, "--class", "classify.colours")
-    monkeypatch.setattr(files, "place", real)
+    monkeypatch.setattr(files.Placer, "place", real)
 
     assert stopped.code == 1
     assert "No space left on device" in stopped.err and "run it again to resume" in stopped.err
@@ -273,7 +280,7 @@ def test_an_interrupted_export_resumes(cli, photos, tmp_path, monkeypatch):
     assert resumed.code == 0, resumed.log
     assert "6 up to date" in resumed.out  # the six placed before the failure are not placed again
     assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
-    assert len(json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]) == 20
+    assert len(manifest_files(out)) == 20
 
 
 def test_prune_lists_then_sets_aside_then_restores(cli, photos, tmp_path, monkeypatch):
@@ -368,20 +375,20 @@ def test_unsure_images_go_to_their_own_folder_and_classes_are_capped(cli, photos
 def test_an_image_deleted_after_planning_is_left_out_and_the_rest_exported(cli, photos, tmp_path, monkeypatch):
     from analyzer.export import files
 
-    real = files.place
+    real = files.Placer.place
 
-    def vanishing(src: Path, dst: Path, link: str = "auto") -> str:
+    def vanishing(self: files.Placer, src: Path, dst: Path) -> str:
         if src.name == "green-2.png":
             src.unlink()  # deleted by someone else between the plan and its file
-        return real(src, dst, link)
+        return real(self, src, dst)
 
-    monkeypatch.setattr(files, "place", vanishing)
+    monkeypatch.setattr(files.Placer, "place", vanishing)
     out = tmp_path / "dataset"
     outcome = cli("export", photos, "--to", out, "--layout", "classes", "--class", "classify.colours")
 
     assert outcome.code == 0, outcome.log
     assert "green-2.png: not exported: gone since it was analysed" in outcome.log
-    assert len(json.loads((out / ".analyzer-export" / "manifest.json").read_text())["files"]) == 19
+    assert len(manifest_files(out)) == 19
     assert "green-2" not in (out / "labels.csv").read_text()
 
 
@@ -440,3 +447,31 @@ def test_a_caption_left_empty_by_a_power_cut_is_written_again(cli, photos, tmp_p
     assert again.code == 0, again.log
     assert "1 captions to rewrite" in again.out
     assert caption.read_text() == "tok, red\n"
+
+
+def test_an_export_reads_the_results_from_the_index_not_from_each_sidecar(cli, photos, tmp_path, monkeypatch):
+    import sqlite3
+
+    from analyzer import store
+
+    reads: list[str] = []
+    real = store.read_sidecar_with_stat
+
+    def counting(path):  # type: ignore[no-untyped-def]
+        reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(store, "read_sidecar_with_stat", counting)
+    first = cli("export", photos, "--to", tmp_path / "a", "--layout", "classes", "--class", "classify.colours")
+    assert first.code == 0, first.log
+    assert reads == []  # the walk found every sidecar as indexed, and the index holds their results
+
+    # an index that lost its copy of the results (an older layout, a failed write): the sidecars are read
+    for db in (photos / ".analyzer" / "hosts").glob("*/index.sqlite"):
+        with sqlite3.connect(db) as connection:
+            connection.execute("DELETE FROM results")
+    again = cli("export", photos, "--to", tmp_path / "b", "--layout", "classes", "--class", "classify.colours")
+    assert again.code == 0, again.log
+    assert len(reads) == 20
+    assert exported(tmp_path / "a") == exported(tmp_path / "b")
+    assert (tmp_path / "a" / "labels.jsonl").read_text() == (tmp_path / "b" / "labels.jsonl").read_text()

@@ -27,12 +27,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import AnalyzerError, ConfigError, ImageError
 from ..images import DEFAULT_MAX_PIXELS
 from ..selector import Selector
 from ..settings import Settings
-from ..sidecar import atomic_write_bytes
+from ..sidecar import atomic_write_bytes, atomic_write_lines
 from ..store import Store
+from ..survey import Seen
 from .items import Item, Missing, Wanted, read_items
 from .manifest import FOLDER, Entry, Journal, Manifest
 
@@ -185,7 +188,7 @@ def plan_export(
     options: ExportOptions,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     paths: Sequence[Path],
-    found: Mapping[Path, Sequence[str]] | None = None,
+    found: Mapping[Path, Sequence[Seen]] | None = None,
 ) -> tuple[Plan, Manifest]:
     """What the export would do (blocking; writes nothing). Raises MissingResults, ConfigError."""
     from .items import Condition
@@ -259,9 +262,12 @@ def _splits(
 
 
 def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> tuple[Any, list[bool] | None]:
-    """The items' stored embeddings of one model, in the items' order (zeros where none), read in
-    chunks straight into one float32 matrix."""
+    """The items' stored embeddings of one model, in the items' order (zeros where none), read
+    straight into one float32 matrix: streamed through the whole store when the items are most of
+    it, else looked up (a batch at a time)."""
     import numpy as np
+
+    from ..embeddings import KEY_BYTES, key_of
 
     model = options.embeddings
     if model is None:
@@ -271,18 +277,30 @@ def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions)
         model = found[0]
     matrix: Any = None
     has = [False] * len(items)
+
+    def put(n: int, vector: Any) -> None:
+        nonlocal matrix
+        if matrix is None:
+            matrix = np.zeros((len(items), len(vector)), dtype=np.float32)
+        matrix[n] = vector
+        has[n] = True
+
     for store in stores:
         rows = [n for n, item in enumerate(items) if item.root == store.root]
         stored = store.embeddings.model(model)
+        if rows and len(rows) * 2 >= len(stored):
+            wanted = {key_of(items[n].hash): n for n in rows}
+            for keys, chunk in stored.chunks(rows=8192):
+                for i, key in enumerate(keys.tolist()):
+                    n = wanted.get(key.ljust(KEY_BYTES, b"\0"))
+                    if n is not None:
+                        put(n, chunk[i])
+            continue
         for start in range(0, len(rows), 8192):
             part = rows[start : start + 8192]
             for n, vector in zip(part, stored.get([items[k].hash for k in part]), strict=True):
-                if vector is None:
-                    continue
-                if matrix is None:
-                    matrix = np.zeros((len(items), len(vector)), dtype=np.float32)
-                matrix[n] = vector
-                has[n] = True
+                if vector is not None:
+                    put(n, vector)
     return (matrix, has) if matrix is not None else (None, None)
 
 
@@ -315,7 +333,7 @@ def _digest(text: str | None) -> str | None:
 
 
 def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
-    out = options.to
+    out = f"{options.to}/"  # paths joined as text: a stat per file, 200,000 of them, without pathlib's cost
     recipe = options.recipe()
     wanted_paths = {w.path for w in plan.wishes}
     movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
@@ -325,16 +343,18 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
             entry is not None
             and entry.hash == wish.item.hash
             and entry.recipe == recipe
-            and _intact(out / wish.path, entry.size)
+            and _intact(out + wish.path, entry.size)
         )
         if same:
             plan.keep.append(wish)
             assert entry is not None
             stale = entry.caption_digest != _digest(wish.item.caption) or entry.caption != wish.caption_path
-            if stale or (wish.caption_path and not _intact(out / wish.caption_path, len(_caption_bytes(wish)))):
+            if stale or (wish.caption_path and not _intact(out + wish.caption_path, len(_caption_bytes(wish)))):
                 plan.captions.append(wish)
             continue
-        old = [p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and (out / p).exists()]
+        old = [
+            p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and os.path.exists(out + p)
+        ]
         if old:
             movable[wish.item.hash].remove(old[0])
             plan.move.append((old[0], wish))
@@ -349,10 +369,10 @@ def _caption_bytes(wish: Wish) -> bytes:
     return (wish.item.caption or "").encode() + b"\n"
 
 
-def _intact(path: Path, size: int) -> bool:
+def _intact(path: str, size: int) -> bool:
     """The file is there with the size it was written with (not left empty by a power cut)."""
     try:
-        return path.stat().st_size == size
+        return os.stat(path).st_size == size
     except OSError:
         return False
 
@@ -368,9 +388,7 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
     try:
         _remove_and_move(plan, manifest, journal, options, result)
         _add(plan, journal, options, result)
-        for wish in [*plan.add, *plan.captions]:
-            if wish.path in plan.left_out:
-                continue
+        for wish in plan.captions:
             entry = manifest.files[wish.path]
             if entry.caption and entry.caption != wish.caption_path:  # another extension, or no caption now
                 _unlink(out / entry.caption)
@@ -378,7 +396,7 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
                 write_small(out / wish.caption_path, _caption_bytes(wish))
             journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
         write_tables(out, plan, options, report)
-        _remove_empty_dirs(out)
+        _remove_empty_dirs(out, [*plan.remove, *(old for old, _ in plan.move), *plan.left_out])
     except BaseException:
         journal.abandon()
         raise
@@ -412,9 +430,11 @@ def _remove_and_move(
 def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportResult) -> None:
     """Place (or make, for --resize/--strip-metadata) each new image; one whose source vanished or
     cannot be decoded is left out with a warning, the rest goes on."""
-    from .files import HARD_LINK_WARNING, place, transform
+    from .files import HARD_LINK_WARNING, Placer, transform, write_small
 
     warned = False
+    placer = Placer(options.link)
+    recipe = options.recipe()
     for wish in plan.add:
         src, dst = wish.item.path, options.to / wish.path
         try:
@@ -423,7 +443,7 @@ def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportRes
                 transform(src, dst, max_side=options.resize, strip_metadata=strip, max_pixels=most)
                 method = "new"
             else:
-                method = place(src, dst, options.link)
+                method = placer.place(src, dst)
         except (FileNotFoundError, ImageError) as exc:
             if isinstance(exc, FileNotFoundError) and src.exists():
                 raise  # the destination's folder, not the source: a real failure
@@ -434,10 +454,15 @@ def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportRes
             warned = True
             log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, options.to)
         result.methods[method] += 1
-        journal.record(wish.path, _entry(wish, method, options, dst.stat().st_size))
+        earlier = journal.manifest.files.get(wish.path)  # what it replaces, if anything
+        if earlier is not None and earlier.caption and earlier.caption != wish.caption_path:
+            _unlink(options.to / earlier.caption)
+        if wish.caption_path is not None:
+            write_small(options.to / wish.caption_path, _caption_bytes(wish))
+        journal.record(wish.path, _entry(wish, method, options, os.stat(dst).st_size, recipe))
 
 
-def _entry(wish: Wish, method: str, options: ExportOptions, size: int) -> Entry:
+def _entry(wish: Wish, method: str, options: ExportOptions, size: int, recipe: str | None = None) -> Entry:
     return Entry(
         src=str(wish.item.path),
         hash=wish.item.hash,
@@ -447,7 +472,7 @@ def _entry(wish: Wish, method: str, options: ExportOptions, size: int) -> Entry:
         size=size,
         caption=wish.caption_path,
         caption_digest=_digest(wish.item.caption) if wish.caption_path else None,
-        recipe=options.recipe(),
+        recipe=options.recipe() if recipe is None else recipe,
     )
 
 
@@ -456,14 +481,16 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _remove_empty_dirs(out: Path) -> None:
-    for folder, dirs, files in os.walk(out, topdown=False):
-        here = Path(folder)
-        if here == out or FOLDER in here.relative_to(out).parts:
-            continue
-        if not dirs and not files:
-            with contextlib.suppress(OSError):
-                here.rmdir()
+def _remove_empty_dirs(out: Path, gone: Iterable[str]) -> None:
+    """Remove the folders that the files ``gone`` (paths in ``out``) left empty, and then their
+    parents that are empty, up to ``out``."""
+    for folder in sorted({os.path.dirname(path) for path in gone}, key=lambda f: -f.count("/")):
+        while folder:
+            try:
+                os.rmdir(out / folder)
+            except OSError:  # not empty (or gone already)
+                break
+            folder = os.path.dirname(folder)
 
 
 def _options_record(options: ExportOptions) -> dict[str, Any]:
@@ -472,49 +499,64 @@ def _options_record(options: ExportOptions) -> dict[str, Any]:
 
 # -- tables ---------------------------------------------------------------------------------------
 def write_tables(out: Path, plan: Plan, options: ExportOptions, report: Mapping[str, Any]) -> None:
-    """labels.jsonl, labels.csv, metadata.json, report.txt/.json (and imagefolder's metadata.jsonl)."""
-    lines = []
-    for wish in plan.exported:
-        item = wish.item
-        record = {
-            "path": wish.path,
-            "labels": item.labels,
-            "top1": item.label,
-            "confidence": item.confidence,
-            "split": wish.split,
-            "source": str(item.path),
-        }
-        lines.append(json.dumps(record, ensure_ascii=False))
-    atomic_write_bytes(out / "labels.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
-    atomic_write_bytes(out / "labels.csv", labels_csv((w.path, w.item) for w in plan.exported))
+    """labels.jsonl, labels.csv, metadata.json, report.txt/.json (and imagefolder's metadata.jsonl),
+    each written a few thousand lines at a time."""
+    exported = plan.exported
+    line = orjson.OPT_APPEND_NEWLINE
+    atomic_write_lines(
+        out / "labels.jsonl",
+        (
+            orjson.dumps(
+                {
+                    "path": wish.path,
+                    "labels": orjson.Fragment(wish.item.labels),
+                    "top1": wish.item.label,
+                    "confidence": wish.item.confidence,
+                    "split": wish.split,
+                    "source": f"{wish.item.root}/{wish.item.rel}",
+                },
+                option=line,
+            )
+            for wish in exported
+        ),
+    )
+    atomic_write_bytes(out / "labels.csv", labels_csv((w.path, w.item) for w in exported))
+    splits_written: set[str] = set()
     if options.layout == "imagefolder":
-        per_split: dict[str, list[str]] = {}
-        for wish in plan.exported:
-            split_dir, _, rest = wish.path.partition("/")
-            entry: dict[str, Any] = {"file_name": rest, "label": wish.item.label, "text": wish.item.caption}
-            entry["confidence"] = wish.item.confidence
-            per_split.setdefault(split_dir, []).append(json.dumps(entry, ensure_ascii=False))
-        for split_dir, entries in per_split.items():
-            atomic_write_bytes(out / split_dir / "metadata.jsonl", ("\n".join(entries) + "\n").encode())
-    else:
-        per_split = {}
+        for split_dir in sorted({wish.path.partition("/")[0] for wish in exported}):
+            prefix = f"{split_dir}/"
+            rows = (
+                orjson.dumps(
+                    {
+                        "file_name": wish.path[len(prefix) :],
+                        "label": wish.item.label,
+                        "text": wish.item.caption,
+                        "confidence": wish.item.confidence,
+                    },
+                    option=line,
+                )
+                for wish in exported
+                if wish.path.startswith(prefix)
+            )
+            atomic_write_lines(out / split_dir / "metadata.jsonl", rows)
+            splits_written.add(split_dir)
     for stale in out.glob("*/metadata.jsonl"):  # a split that is empty now, or another layout before
-        if stale.parent.name not in per_split:
+        if stale.parent.name not in splits_written:
             _unlink(stale)
-    counts = Counter((w.split, w.item.label) for w in plan.exported)
+    counts = Counter((w.split, w.item.label) for w in exported)
     per_class: dict[str, dict[str, int]] = {}
     for (split, label), n in sorted(counts.items(), key=lambda kv: (str(kv[0][1]), kv[0][0])):
         per_class.setdefault(str(label), {})[split] = n
     metadata = {
-        "images": len(plan.exported),
+        "images": len(exported),
         "layout": options.layout,
         "class": options.label,
         "caption": options.caption,
-        "splits": dict(Counter(w.split for w in plan.exported)),
+        "splits": dict(Counter(w.split for w in exported)),
         "per_class": per_class,
         "drift": plan.drift.to_dict() if plan.drift is not None else None,
         "options": _options_record(options),
-        "sources": sorted({str(w.item.root) for w in plan.exported}),
+        "sources": sorted({str(w.item.root) for w in exported}),
     }
     atomic_write_bytes(out / "metadata.json", (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
     text = report_text(metadata, report)
@@ -635,8 +677,10 @@ def run_export(
         check_out(options.to, roots, options.zip)
     elif options.to.is_dir():
         raise ConfigError(f"--csv-only writes one CSV file: --to {options.to} is a folder")
-    found: dict[Path, list[str]] = {}
-    stores = surveyed(settings, plugins, paths, seen=lambda store, rel: found.setdefault(store.root, []).append(rel))
+    found: dict[Path, list[Seen]] = {}
+    stores = surveyed(
+        settings, plugins, paths, seen=lambda store, image: found.setdefault(store.root, []).append(image)
+    )
     try:
         plan, manifest = plan_export(stores, options, preferred_models(plugins), paths, found)
         if options.dry_run:

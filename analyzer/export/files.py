@@ -62,6 +62,7 @@ __all__ = [
     "FileNames",
     "FolderNames",
     "LinkNotSupported",
+    "Placer",
     "file_name",
     "folder_name",
     "place",
@@ -315,20 +316,29 @@ class LinkNotSupported(AnalyzerError, OSError):
     method: str = ""
 
 
-def _temp_path(dst: Path) -> Path:
+def _temp_path(dst: str | Path) -> str:
     """A new hidden temporary name beside ``dst``, named as sidecars' are (:func:`analyzer.sidecar.temp_path`)."""
-    return Path(sidecar.temp_path(dst))
+    return sidecar.temp_path(dst)
 
 
 def write_small(dst: Path, data: bytes) -> None:
     """Write a small file (a caption) under a temporary name and rename it into place, without an
     fsync of its own: a reader sees the old file or the new, never a mix, and an export checks each
     kept file's size, so one a power cut left empty is written again by the next export."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dst)
     try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:  # its folder is not there yet
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, dst)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -442,12 +452,12 @@ def _unsupported(method: str, exc: OSError, src: Path, dst: Path) -> LinkNotSupp
     return error
 
 
-def _reflink(src: Path, dst: Path, src_dev: int) -> None:
+def _reflink(src: Path, dst: Path, src_dev: int, dst_dev: int | None = None) -> None:
     if sys.platform != "linux":
         raise _unsupported("reflink", OSError(errno.ENOTSUP, "only on Linux"), src, dst)
     import fcntl
 
-    devices = (src_dev, _folder_device(dst))
+    devices = (src_dev, dst_dev if dst_dev is not None else _folder_device(dst))
     if devices in _no_reflink:
         raise _unsupported("reflink", OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP)), src, dst)
     with open(src, "rb") as source:
@@ -471,9 +481,25 @@ def _folder_device(dst: Path) -> int:
     return os.stat(dst.parent).st_dev
 
 
-def _link_into_place(dst: Path, make: Callable[[Path], None]) -> None:
-    """``make(tmp)`` a link at a temporary name beside ``dst``, then rename it over ``dst``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+def _link_into_place(dst: Path, make: Callable[[str | Path], None]) -> None:
+    """``make(dst)`` a link where nothing is yet (a link appears whole or not at all); else
+    ``make(tmp)`` at a temporary name beside ``dst`` and rename it over ``dst``."""
+    try:
+        try:
+            make(dst)
+            return
+        except FileNotFoundError:
+            if dst.parent.is_dir():
+                raise
+            dst.parent.mkdir(parents=True, exist_ok=True)  # its folder is not there yet
+            make(dst)
+            return
+    except FileExistsError:
+        pass  # replace it, in one rename
+    except LinkNotSupported:
+        raise
+    except OSError as exc:
+        _reraise(exc, dst)
     tmp = _temp_path(dst)
     try:
         while True:
@@ -495,7 +521,7 @@ def _link_into_place(dst: Path, make: Callable[[Path], None]) -> None:
 
 
 def _hard_link(src: Path, dst: Path) -> None:
-    def make(tmp: Path) -> None:
+    def make(tmp: str | Path) -> None:
         try:
             os.link(src, tmp)
         except OSError as exc:
@@ -524,30 +550,56 @@ def place(src: Path, dst: Path, link: str = "auto") -> str:
     naming ``dst`` when writing fails (no temporary file stays), ValueError when ``dst`` is
     ``src`` itself or ``link`` is unknown.
     """
-    if link not in METHODS:
-        raise ValueError(f"unknown link method {link!r}: one of {', '.join(METHODS)}")
-    src, dst = Path(src), Path(dst)
-    src_dev = _source_stat(src).st_dev
-    _refuse_source(src, dst)
-    if link == "sym":
-        _symlink(src, dst)
-        return "sym"
-    if link in ("auto", "reflink"):
-        try:
-            _reflink(src, dst, src_dev)
-            return "reflink"
-        except LinkNotSupported:
-            if link == "reflink":
-                raise
-    if link in ("auto", "hard"):
-        try:
-            _hard_link(src, dst)
-            return "hard"
-        except LinkNotSupported:
-            if link == "hard":
-                raise
-    _copy(src, dst)
-    return "copy"
+    return Placer(link).place(src, dst)
+
+
+class Placer:
+    """Puts many files into place as :func:`place` does one, remembering what stays true while it
+    runs: which destination folders are not a source's folder, and their devices."""
+
+    def __init__(self, link: str = "auto") -> None:
+        if link not in METHODS:
+            raise ValueError(f"unknown link method {link!r}: one of {', '.join(METHODS)}")
+        self.link = link
+        self._apart: set[tuple[str, str]] = set()
+        """(source folder, destination folder) pairs known to be two folders."""
+        self._devices: dict[str, int] = {}
+
+    def place(self, src: Path, dst: Path) -> str:
+        """See :func:`place`."""
+        link = self.link
+        src, dst = Path(src), Path(dst)
+        src_dev = _source_stat(src).st_dev
+        folders = (os.path.dirname(src), os.path.dirname(dst))
+        if folders not in self._apart:
+            _refuse_source(src, dst)
+            with contextlib.suppress(OSError):
+                if not os.path.samefile(*folders):
+                    self._apart.add(folders)
+        if link == "sym":
+            _symlink(src, dst)
+            return "sym"
+        if link in ("auto", "reflink"):
+            try:
+                _reflink(src, dst, src_dev, self._device(folders[1], dst))
+                return "reflink"
+            except LinkNotSupported:
+                if link == "reflink":
+                    raise
+        if link in ("auto", "hard"):
+            try:
+                _hard_link(src, dst)
+                return "hard"
+            except LinkNotSupported:
+                if link == "hard":
+                    raise
+        _copy(src, dst)
+        return "copy"
+
+    def _device(self, folder: str, dst: Path) -> int:
+        if folder not in self._devices:
+            self._devices[folder] = _folder_device(dst)
+        return self._devices[folder]
 
 
 # --- new images --------------------------------------------------------------------------------

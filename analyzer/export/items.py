@@ -13,14 +13,17 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import ConfigError
 from ..selector import MANUAL, MISSING, Selector, render_template, template_selectors, to_text
 from ..store import Store
+from ..survey import Seen
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +121,10 @@ class Item:
     label: str | None = None
     """The class, as text (None: no class asked for)."""
     confidence: float | None = None
-    labels: list[dict[str, Any]] = field(default_factory=list)
-    """``[{name, score}]``, best first, for ``labels.jsonl`` (a classification's labels)."""
+    labels: str = "[]"
+    """``[{name, score}]``, best first, for ``labels.jsonl`` (a classification's labels), as JSON
+    text: a few bytes where a list of dicts would take a few hundred per label, times 100,000 images
+    (text, not orjson's bytes: each of those keeps a 4 KB buffer)."""
     caption: str | None = None
 
     @property
@@ -150,8 +155,8 @@ class Missing:
         ]
 
 
-def classification(value: Any) -> tuple[str, float | None, list[dict[str, Any]]]:
-    """(label, confidence, labels) of a stored value: a classification's top label, else the text."""
+def classification(value: Any) -> tuple[str, float | None, str]:
+    """(label, confidence, labels as JSON) of a stored value: a classification's top label, else the text."""
     if isinstance(value, Mapping) and isinstance(value.get("top"), str):
         labels = [
             {"name": e["label"], "score": e.get("confidence", e.get("score"))}
@@ -159,8 +164,9 @@ def classification(value: Any) -> tuple[str, float | None, list[dict[str, Any]]]
             if isinstance(e, Mapping) and isinstance(e.get("label"), str)
         ]
         confidence = value.get("confidence")
-        return value["top"], float(confidence) if isinstance(confidence, (int, float)) else None, labels
-    return to_text(value), None, []
+        known = float(confidence) if isinstance(confidence, (int, float)) else None
+        return value["top"], known, orjson.dumps(labels).decode()
+    return to_text(value), None, "[]"
 
 
 def text_of(value: Any) -> str:
@@ -170,31 +176,20 @@ def text_of(value: Any) -> str:
     return to_text(value)
 
 
-def images(store: Store, rels: Iterable[str] | None = None) -> Iterator[tuple[str, str, int]]:
-    """(rel, content hash, size) of each image (``rels``, else every image the index knows); the
-    hash is "" for an image not hashed since it was added or changed (its results, if any, describe
-    other content)."""
-    wanted: dict[str, list[str]] = {}
-    if rels is None:
-        for rel_dir in store.index.dirs():
-            wanted[rel_dir] = list(store.index.load_dir(rel_dir))
-    else:
-        for rel in rels:
-            rel_dir, _, name = rel.rpartition("/")
-            wanted.setdefault(rel_dir, []).append(name)
-    for rel_dir in sorted(wanted):
-        rows = store.index.load_dir(rel_dir)
-        for name in sorted(wanted[rel_dir]):
-            row = rows.get(name)
+def indexed_images(store: Store) -> list[Seen]:
+    """Every image the index knows, as a walk would report it (its hash only while the file is as
+    it was hashed)."""
+    found = []
+    for rel_dir in sorted(store.index.dirs()):
+        for name, row in sorted(store.index.load_dir(rel_dir).items()):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             try:
                 st = os.stat(store.root / rel)
             except OSError:
                 continue  # gone since the walk
-            if row is None or row.hash is None or row.stat is None or (st.st_size, st.st_mtime_ns) != tuple(row.stat):
-                yield rel, "", 0
-                continue
-            yield rel, row.hash, st.st_size
+            fresh = row.hash is not None and row.stat is not None and (st.st_size, st.st_mtime_ns) == tuple(row.stat)
+            found.append(Seen(rel, row.hash if fresh else None, st.st_size))
+    return found
 
 
 def read_items(
@@ -202,46 +197,81 @@ def read_items(
     wanted: Wanted,
     preferred: Mapping[str, Mapping[str, Sequence[str]]],
     *,
-    found: Mapping[Path, Iterable[str]] | None = None,
+    found: Mapping[Path, Sequence[Seen]] | None = None,
     min_confidence: float | None = None,
     below: str = "skip",
     unsure: str = "_unsure",
 ) -> tuple[list[Item], Missing, int]:
     """Every image (``found``: the images a walk found, per root; else the ones the index knows)
     with what the export needs (blocking): (items, the images missing a result, how many
-    ``--where`` or ``--min-confidence`` left out)."""
+    ``--where`` or ``--min-confidence`` left out).
+
+    The values come from the index's copy of the results, a folder at a time; an image's sidecars
+    are read only where the index has no results for it (and to say why a result is missing)."""
     selectors = wanted.selectors
     items: list[Item] = []
     missing = Missing()
     left_out = 0
     for store in stores:
-        for rel, image_hash, size in images(store, found.get(store.root, ()) if found is not None else None):
-            path = store.root / rel
-            if not image_hash:
-                missing.add("not analysed since it was added or changed", path)
-                continue
-            values, failed = store.values(rel, image_hash, selectors, preferred) if selectors else ({}, set())
-            if not all(c.test(values[c.selector.text]) for c in wanted.where):
-                left_out += 1
-                continue
-            item = Item(store.root, rel, image_hash, size)
-            if wanted.label is not None:
-                value = values[wanted.label.text]
-                if wanted.manual is not None and values[wanted.manual.text] is not MISSING:
-                    value = values[wanted.manual.text]
-                if value is MISSING:
-                    missing.add(_why_missing(store, rel, wanted.label, failed), path)
+        seen = found.get(store.root, ()) if found is not None else indexed_images(store)
+        by_dir: dict[str, list[tuple[str, Seen]]] = {}
+        for image in seen:
+            rel_dir, _, name = image.rel.rpartition("/")
+            by_dir.setdefault(rel_dir, []).append((name, image))
+        for rel_dir in sorted(by_dir):
+            images = sorted(by_dir[rel_dir], key=lambda pair: pair[0])
+            hashed = [(name, image.hash) for name, image in images if image.hash]
+            stored = iter(store.values_in(rel_dir, hashed, selectors, preferred) if selectors else [{}] * len(hashed))
+            for _, image in images:
+                path = store.root / image.rel
+                if not image.hash:
+                    missing.add("not analysed since it was added or changed", path)
                     continue
-                item.label, item.confidence, item.labels = classification(value)
-                if min_confidence is not None and (item.confidence is None or item.confidence < min_confidence):
-                    if below == "skip":
-                        left_out += 1
-                        continue
-                    item.label = unsure
-            if wanted.caption is not None:
-                item.caption = caption_of(wanted, values, path.name)
-            items.append(item)
+                values, failed = next(stored), set[str]()
+                if values is None:
+                    values, failed = store.values(image.rel, image.hash, selectors, preferred)
+                item = _item(store, image, wanted, values, failed, min_confidence, below, unsure)
+                if item is None:
+                    left_out += 1
+                elif isinstance(item, str):
+                    missing.add(item, path)
+                else:
+                    items.append(item)
     return items, missing, left_out
+
+
+def _item(
+    store: Store,
+    image: Seen,
+    wanted: Wanted,
+    values: Mapping[str, Any],
+    failed: set[str],
+    min_confidence: float | None,
+    below: str,
+    unsure: str,
+) -> Item | str | None:
+    """The image as an export item; None when ``--where`` or ``--min-confidence`` leave it out; why
+    not, when it lacks its class."""
+    if not all(c.test(values[c.selector.text]) for c in wanted.where):
+        return None
+    assert image.hash is not None
+    item = Item(store.root, image.rel, image.hash, image.size)
+    if wanted.label is not None:
+        value = values[wanted.label.text]
+        if wanted.manual is not None and values[wanted.manual.text] is not MISSING:
+            value = values[wanted.manual.text]
+        if value is MISSING:
+            if not failed:  # from the index: the sidecar says whether the result failed
+                _, failed = store.values(image.rel, image.hash, [wanted.label], {})
+            return _why_missing(store, image.rel, wanted.label, failed)
+        item.label, item.confidence, item.labels = classification(value)
+        if min_confidence is not None and (item.confidence is None or item.confidence < min_confidence):
+            if below == "skip":
+                return None
+            item.label = unsure
+    if wanted.caption is not None:
+        item.caption = caption_of(wanted, values, image.rel.rpartition("/")[2])
+    return item
 
 
 def _why_missing(store: Store, rel: str, selector: Selector, failed: set[str]) -> str:

@@ -1,31 +1,38 @@
 """The manifest of an exported dataset: what each file in OUT is and where it came from.
 
-``OUT/.analyzer-export/manifest.json`` is rewritten (atomically) at the end of every export;
-while one runs, each finished file is appended to ``journal.jsonl`` beside it, so an interrupted
-export knows what is done and resumes. A second export compares what it wants with the manifest:
-it adds what is new, moves what changed class or split, rewrites changed captions, removes what
-left, and keeps every earlier split assignment.
+``OUT/.analyzer-export/manifest.jsonl`` is rewritten (atomically) at the end of every export: a
+first line ``{"version": 2, "options": {...}}``, then one line per file in OUT, ``{"path": ...,
+"src": ..., "hash": ..., "split": ..., ...}`` (:class:`Entry`), in path order. It is written and
+read a line at a time, so memory holds the entries, never the whole text or its parse tree (a
+100,000-image manifest is about 40 MB of JSON). While an export runs, each finished file is
+appended to ``journal.jsonl`` beside it, so an interrupted export knows what is done and resumes.
+A second export compares what it wants with the manifest: it adds what is new, moves what
+changed class or split, rewrites changed captions, removes what left, and keeps every earlier
+split assignment.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..sidecar import atomic_write_bytes
+import orjson
+
+from ..sidecar import atomic_write_lines
 
 log = logging.getLogger(__name__)
 
 FOLDER = ".analyzer-export"
-VERSION = 1
+VERSION = 2
+MANIFEST = "manifest.jsonl"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One exported image (its caption file, if any, is ``caption`` beside it)."""
 
@@ -43,6 +50,12 @@ class Entry:
     recipe: str = ""
     """What a new file was made with (``resize=512,strip``): another recipe makes it again."""
 
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(Entry))
+
 
 @dataclass
 class Manifest:
@@ -57,14 +70,21 @@ class Manifest:
         files: dict[str, Entry] = {}
         options: dict[str, Any] = {}
         try:
-            data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-            if data.get("version") == VERSION:
-                files = {path: Entry(**entry) for path, entry in data.get("files", {}).items()}
-                options = dict(data.get("options", {}))
+            with (folder / MANIFEST).open("rb") as handle:
+                head = orjson.loads(handle.readline())
+                if head.get("version") == VERSION:
+                    options = dict(head.get("options", {}))
+                    for line in handle:
+                        record = orjson.loads(line)
+                        path = record.pop("path")
+                        files[path] = Entry(**record)
+                else:
+                    log.warning("%s: a manifest of another version: the export starts over", folder)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("%s: the manifest cannot be read (%s): the export starts over", folder, exc)
+            files, options = {}, {}
         manifest = Manifest(folder, files, options)
         for path, entry in manifest.journal():  # an interrupted export's finished work
             if entry is None:
@@ -75,12 +95,12 @@ class Manifest:
 
     def journal(self) -> Iterator[tuple[str, Entry | None]]:
         try:
-            lines = (self.folder / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+            lines = (self.folder / "journal.jsonl").read_bytes().splitlines()
         except OSError:
             return
         for line in lines:
             try:
-                record = json.loads(line)
+                record = orjson.loads(line)
                 yield record["path"], Entry(**record["entry"]) if record.get("entry") else None
             except (ValueError, TypeError, KeyError):
                 break  # a line cut short by the interruption: what follows was not done
@@ -102,7 +122,7 @@ class Journal:
     def __init__(self, manifest: Manifest) -> None:
         manifest.folder.mkdir(parents=True, exist_ok=True)
         self.manifest = manifest
-        self._handle = (manifest.folder / "journal.jsonl").open("a", encoding="utf-8")
+        self._handle = (manifest.folder / "journal.jsonl").open("ab")
         self._pending = 0
 
     def record(self, path: str, entry: Entry | None) -> None:
@@ -110,7 +130,8 @@ class Journal:
             self.manifest.files.pop(path, None)
         else:
             self.manifest.files[path] = entry
-        self._handle.write(json.dumps({"path": path, "entry": asdict(entry) if entry else None}) + "\n")
+        record = {"path": path, "entry": entry.as_dict() if entry else None}
+        self._handle.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self._pending += 1
         if self._pending >= 256:
             self.flush()
@@ -124,12 +145,7 @@ class Journal:
         """Write the whole manifest and drop the journal."""
         self.flush()
         self._handle.close()
-        data = {
-            "version": VERSION,
-            "options": dict(options),
-            "files": {path: asdict(entry) for path, entry in sorted(self.manifest.files.items())},
-        }
-        atomic_write_bytes(self.manifest.folder / "manifest.json", json.dumps(data, indent=1).encode() + b"\n")
+        write_manifest(self.manifest.folder / MANIFEST, options, self.manifest.files)
         (self.manifest.folder / "journal.jsonl").unlink(missing_ok=True)
 
     def abandon(self) -> None:
@@ -138,3 +154,11 @@ class Journal:
             self.flush()
         finally:
             self._handle.close()
+
+
+def write_manifest(path: Path, options: Mapping[str, Any], files: Mapping[str, Entry]) -> None:
+    """Write the manifest a line at a time under a temporary name, fsync, rename."""
+    line = orjson.OPT_APPEND_NEWLINE
+    head = orjson.dumps({"version": VERSION, "options": dict(options)}, option=line | orjson.OPT_NON_STR_KEYS)
+    rows = (orjson.dumps({"path": name, **files[name].as_dict()}, option=line) for name in sorted(files))
+    atomic_write_lines(path, itertools.chain([head], rows))

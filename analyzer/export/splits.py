@@ -83,10 +83,10 @@ CELLS_PER_ROOT = 4
 """Cells per partition: this times the square root of the number of vectors."""
 REDUCED = 64
 """Principal components the cells are found in (the pairs are compared in full)."""
-BLOCK = 1 << 24
-"""Similarities computed at once (float32: 64 MB): memory stays bounded however many vectors."""
-EDGES = 1 << 21
-"""Pairs handed to union-find at once (32 MB of row numbers), however many look alike."""
+BLOCK = 1 << 22
+"""Similarities computed at once (float32: 16 MB): memory stays bounded however many vectors."""
+EDGES = 1 << 20
+"""Pairs handed to union-find at once (16 MB of row numbers), however many look alike."""
 PCA_SAMPLE = 20_000
 """Vectors the principal components are found from."""
 SAMPLE_PER_CELL = 16
