@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -509,6 +510,22 @@ class Store:
             if not analysis.get(sel.mode) and doc is not None and doc["errors"].get(sel.mode):
                 failed.add(sel.text)
         return out, failed
+
+    def values_of(
+        self,
+        images: Sequence[tuple[str, str]],
+        selectors: Sequence[Selector],
+        preferred: Mapping[str, Mapping[str, Sequence[str]]],
+    ) -> Iterator[tuple[dict[str, Any], set[str]]]:
+        """For ``(rel, content hash)`` images, what :meth:`values` gives, in their order: a folder
+        at a time from the index's copy of the results (give them sorted by folder: one query per
+        run of one folder), reading sidecars only for an image the index has no results for."""
+        for rel_dir, run in itertools.groupby(images, key=lambda image: image[0].rpartition("/")[0]):
+            group = list(run)
+            names = [(rel.rpartition("/")[2], image_hash) for rel, image_hash in group]
+            stored = self.values_in(rel_dir, names, selectors, preferred) if selectors else [{}] * len(group)
+            for (rel, image_hash), values in zip(group, stored, strict=True):
+                yield (values, set()) if values is not None else self.values(rel, image_hash, selectors, preferred)
 
     def values_in(
         self,

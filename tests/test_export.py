@@ -475,3 +475,17 @@ def test_an_export_reads_the_results_from_the_index_not_from_each_sidecar(cli, p
     assert len(reads) == 20
     assert exported(tmp_path / "a") == exported(tmp_path / "b")
     assert (tmp_path / "a" / "labels.jsonl").read_text() == (tmp_path / "b" / "labels.jsonl").read_text()
+
+
+def test_an_ad_hoc_label_set_does_not_make_the_next_command_read_every_sidecar_again(cli, photos, monkeypatch):
+    from analyzer import store
+
+    assert cli("classify", photos, "--labels", "cat,dog", "--name", "pets").code == 0
+    reads: list[str] = []
+    real = store.read_sidecar_with_stat
+    monkeypatch.setattr(store, "read_sidecar_with_stat", lambda path: reads.append(str(path)) or real(path))
+
+    outcome = cli("export", photos, "--to", photos.parent / "out", "--layout", "classes", "--class", "classify.pets")
+
+    assert outcome.code == 0, outcome.log
+    assert reads == []  # the classify command indexed what it wrote, under the same reading rules

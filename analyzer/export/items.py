@@ -214,29 +214,20 @@ def read_items(
     left_out = 0
     for store in stores:
         seen = found.get(store.root, ()) if found is not None else indexed_images(store)
-        by_dir: dict[str, list[tuple[str, Seen]]] = {}
-        for image in seen:
-            rel_dir, _, name = image.rel.rpartition("/")
-            by_dir.setdefault(rel_dir, []).append((name, image))
-        for rel_dir in sorted(by_dir):
-            images = sorted(by_dir[rel_dir], key=lambda pair: pair[0])
-            hashed = [(name, image.hash) for name, image in images if image.hash]
-            stored = iter(store.values_in(rel_dir, hashed, selectors, preferred) if selectors else [{}] * len(hashed))
-            for _, image in images:
-                path = store.root / image.rel
-                if not image.hash:
-                    missing.add("not analysed since it was added or changed", path)
-                    continue
-                values, failed = next(stored), set[str]()
-                if values is None:
-                    values, failed = store.values(image.rel, image.hash, selectors, preferred)
-                item = _item(store, image, wanted, values, failed, min_confidence, below, unsure)
-                if item is None:
-                    left_out += 1
-                elif isinstance(item, str):
-                    missing.add(item, path)
-                else:
-                    items.append(item)
+        ordered = sorted(seen, key=lambda image: image.rel.rpartition("/")[::2])  # by folder, then name
+        for image in ordered:
+            if not image.hash:
+                missing.add("not analysed since it was added or changed", store.root / image.rel)
+        hashed = [image for image in ordered if image.hash]
+        pairs = [(image.rel, image.hash) for image in hashed if image.hash]
+        for image, (values, failed) in zip(hashed, store.values_of(pairs, selectors, preferred), strict=True):
+            item = _item(store, image, wanted, values, failed, min_confidence, below, unsure)
+            if item is None:
+                left_out += 1
+            elif isinstance(item, str):
+                missing.add(item, store.root / image.rel)
+            else:
+                items.append(item)
     return items, missing, left_out
 
 

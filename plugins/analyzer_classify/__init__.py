@@ -256,7 +256,15 @@ class ClassifyPlugin(AnalyzerPlugin):
         return {"top": text, "confidence": 1.0, "labels": [entry], "manual": True}
 
     def reading_rules(self) -> str:
-        sets = {name: [spec.multi_label, spec.threshold] for name, spec in self.opts.labels.items()}
+        # Only sets read otherwise than an unknown set is count: an ad hoc set (classify --labels)
+        # read the default way leaves the rules as they are, so a command with it and one without
+        # do not each make the other read every sidecar again.
+        default = LabelSet()
+        sets = {
+            name: [spec.multi_label, spec.threshold]
+            for name, spec in self.opts.labels.items()
+            if (spec.multi_label, spec.threshold) != (default.multi_label, default.threshold)
+        }
         return _digest({"top_k": self.opts.top_k, "min_confidence": self.opts.min_confidence, "sets": sets})
 
     def wildcard_entries(self, mode: str, value: Any) -> Iterable[str]:
