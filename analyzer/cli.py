@@ -192,6 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exclude", action="append", help="skip images/folders matching this glob (repeatable)")
     _common(export)
 
+    grid = sub.add_parser("grid", help="a labeled contact sheet of the images (no model runs)")
+    grid.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders or images (default: roots)")
+    grid.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="the sheet: .png, .jpg or .webp")
+    grid.add_argument("--cols", type=int, help="columns (default: as square as the cells allow)")
+    grid.add_argument("--rows", type=int, help="rows (per page, with --cols)")
+    grid.add_argument("--aspect", type=float, default=1.0, help="the sheet's width/height without --cols (1)")
+    grid.add_argument("--cell", default="128", metavar="W[xH]", help="the image box of a cell, pixels (128)")
+    grid.add_argument("--fit", choices=["fit", "fill"], default="fit", help="whole image, or the cell filled (fit)")
+    grid.add_argument("--margin", type=int, default=8, help="around the sheet, pixels (8)")
+    grid.add_argument("--gap", type=int, default=4, help="between cells, pixels (4)")
+    grid.add_argument(
+        "--label", metavar="TEMPLATE", help="each label from results: '{metadata.parameters.seed}'; none: no labels"
+    )
+    grid.add_argument("--csv", type=Path, metavar="FILE", help="labels from a CSV: first column path or file name")
+    grid.add_argument("--label-columns", nargs="+", default=[], metavar="COLUMN", help="the CSV's columns to show")
+    grid.add_argument("--label-lines", type=int, default=2, help="lines of label under each cell; then … (2)")
+    grid.add_argument("--font-size", type=int, default=11, help="label text size, pixels (11)")
+    grid.add_argument("--title", help="a line of text over the sheet")
+    grid.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (90)")
+    grid.add_argument(
+        "--page-pixels", type=int, default=400_000_000, help="at most this many pixels a page, else more pages"
+    )
+    grid.add_argument("--include", action="append", help="only images matching this glob (repeatable)")
+    grid.add_argument("--exclude", action="append", help="skip images/folders matching this glob (repeatable)")
+    _common(grid)
+
     prune = sub.add_parser("prune", help="list images whose class is not confident; --yes moves them to the trash")
     prune.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders (default: roots)")
     prune.add_argument("--class", dest="label", metavar="SELECTOR", help="the classification, e.g. classify.animals")
@@ -592,6 +618,55 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
+    """A labeled contact sheet (see :mod:`analyzer.grid`)."""
+    from .grid.layout import Spec
+    from .grid.sheet import GridOptions, make_grid
+    from .selector import template_selectors
+
+    width, _, height = args.cell.lower().partition("x")
+    try:
+        cell_w, cell_h = int(width), int(height or width)
+    except ValueError as exc:
+        raise ConfigError(f"--cell {args.cell!r}: pixels, as 128 or 160x120") from exc
+    if min(cell_w, cell_h, args.font_size, args.label_lines + 1) < 1 or min(args.margin, args.gap) < 0:
+        raise ConfigError("--cell, --font-size are at least 1; --label-lines, --margin, --gap at least 0")
+    label = args.label
+    selectors = template_selectors(label) if label and label != "none" else []
+    args.plugins = sorted({s.plugin for s in selectors}) or None
+    plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
+    line = round(args.font_size * 1.3)
+    spec = Spec(cell_w, cell_h, args.fit, args.margin, args.gap, args.label_lines, line)
+    options = GridOptions(
+        out=args.out,
+        spec=spec,
+        cols=args.cols,
+        rows=args.rows,
+        aspect=args.aspect,
+        label=label,
+        csv=args.csv,
+        label_columns=tuple(args.label_columns),
+        title=args.title,
+        quality=args.quality,
+        max_pixels=args.page_pixels,
+    )
+    result = make_grid(settings, [*plugins, *readers], args.paths, options)
+    for page in result.pages:
+        print(page)
+    log.info(
+        "%d images on %d page(s); %d thumbnails made, the rest from the cache",
+        len(result.cells),
+        len(result.pages),
+        result.thumbnails_made,
+    )
+    if result.unreadable:
+        log.warning(
+            "%d images could not be read (grey cells): %s", len(result.unreadable), "; ".join(result.unreadable[:3])
+        )
+        return EXIT_FAILURES
+    return EXIT_OK
+
+
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     """List (and with ``--yes`` set aside) the images below a confidence; ``--restore`` puts them back."""
     from . import prune
@@ -659,6 +734,7 @@ COMMANDS = {
     "classify": cmd_classify,
     "export": cmd_export,
     "prune": cmd_prune,
+    "grid": cmd_grid,
     "label": cmd_label,
 }
 

@@ -36,6 +36,7 @@ README = PROJECT / "README.md"
 EXTRAS = {
     "clip": ("torch", "open_clip", "clip_interrogator", "transformers"),
     "llm": ("openai", "anthropic", "jsonschema"),
+    "grid": ("pyvips",),
 }
 NOT_RUN = {
     "./scripts/demo.sh": "sets up .venv; its analysis (the exec line of demo.sh) is walked instead",
@@ -150,7 +151,7 @@ def walk(tmp_path: Path) -> Walk:
 def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
     blocks = list(code_blocks(README.read_text()))
     shell = [commands(body) for lang, body in blocks if lang == "bash"]
-    setup, extras, tour, datasets, collection, watching = shell
+    setup, extras, tour, datasets, grids, collection, watching = shell
     dotenv = next(body for lang, body in blocks if lang == "dotenv")
     api = next(body for lang, body in blocks if lang == "python")
 
@@ -209,6 +210,13 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
     captions = list((walk.home / "datasets" / "lora").glob("10_images/*.txt"))
     assert any(c.read_text() == "mytoken, photo of a duck\n" for c in captions)
 
+    # Contact sheets, from the same stored metadata, with the grid extra installed.
+    walk.hidden -= set(EXTRAS["grid"])
+    for command in grids:
+        walk.run(command)
+    walk.hidden |= set(EXTRAS["grid"])
+    assert (walk.home / "sheets" / "outputs.png").is_file() and (walk.home / "sheets" / "outputs.webp").is_file()
+
     # The Python API example.
     done = subprocess.run(
         [sys.executable, "-c", api],
@@ -255,5 +263,7 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
         offline = walk.run(command, code=1)
         assert offline.stderr.count("cannot load CLIP model") == 1 and "hf download" in offline.stderr
 
-    shown = {c for c in [*extras, *tour, *datasets, *collection, *watching] if not c.startswith(".venv/bin/pip")}
+    shown = {
+        c for c in [*extras, *tour, *datasets, *grids, *collection, *watching] if not c.startswith(".venv/bin/pip")
+    }
     assert shown <= set(walk.seen), shown - set(walk.seen)

@@ -1,0 +1,220 @@
+"""`analyzer grid`: a labeled contact sheet, drawn a row at a time, from thumbnails kept by content."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from analyzer.grid.layout import Spec, auto_shape, contact_sheet, fitted
+from analyzer.grid.text import clean_label
+
+from conftest import DATA, make_image
+
+REQUIRE_SYSTEM_DEPS = os.environ.get("REQUIRE_SYSTEM_DEPS", "") not in ("", "0")
+NOTO = Path("/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf")
+EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+CJK = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
+
+
+def need_pyvips() -> None:
+    try:
+        import pyvips  # noqa: F401
+    except (ImportError, OSError):
+        pytest.skip("pyvips is not installed: pip install 'analyzer[grid]'")
+
+
+def need_fonts() -> None:
+    if all(p.is_file() for p in (NOTO, EMOJI, CJK)):
+        return
+    message = "Noto fonts missing (apt install fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji)"
+    if REQUIRE_SYSTEM_DEPS:
+        pytest.fail(f"{message} (REQUIRE_SYSTEM_DEPS is set)")
+    pytest.skip(f"{message}; set REQUIRE_SYSTEM_DEPS=1 to fail instead")
+
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)] + [
+    (40 * i, 200 - 30 * i, 90) for i in range(6)
+]
+
+
+@pytest.fixture
+def swatches(tmp_path: Path) -> Path:
+    """Twelve solid-colour images of different shapes, named in order c00 ... c11."""
+    root = tmp_path / "swatches"
+    for i, rgb in enumerate(COLOURS):
+        make_image(root / f"c{i:02d}.png", size=(40 + 7 * i, 30 + 5 * (11 - i)), color=rgb)
+    return root
+
+
+# -- layout: pure arithmetic ----------------------------------------------------------------------
+def test_an_automatic_shape_is_close_to_square_and_holds_every_image() -> None:
+    spec = Spec(cell_w=100, cell_h=100, label_lines=0, gap=0)
+    assert auto_shape(100, spec) == (10, 10)
+    assert auto_shape(10, spec) == (3, 4)
+    cols, rows = auto_shape(1000, spec, aspect=16 / 9)
+    assert cols * rows >= 1000 and 1.6 < cols / rows < 2.0
+
+
+def test_a_sheet_past_the_format_limit_is_cut_into_pages_of_whole_rows() -> None:
+    spec = Spec(cell_w=128, cell_h=128, margin=8, gap=4, label_lines=2, line_height=14)  # 132 x 160 a cell
+    wide = contact_sheet(3000, spec, cols=200, fmt="webp")
+    assert wide[0].cols == (16_383 - 16 + 4) // 132  # as many columns as WebP's 16,383 px allow
+    pages = contact_sheet(30_000, spec, cols=100, fmt="webp")
+    assert len(pages) > 1
+    assert all(page.width <= 16_383 and page.height <= 16_383 for page in pages)
+    assert sum(page.count for page in pages) == 30_000
+    assert [page.first for page in pages] == [sum(p.count for p in pages[:i]) for i in range(len(pages))]
+    (single,) = contact_sheet(30_000, spec, cols=100, fmt="png")  # PNG streams: one tall page
+    assert single.height == 8 + 300 * 160 - 4 + 8
+
+
+def test_fit_shows_the_whole_image_and_fill_covers_the_cell() -> None:
+    assert fitted(400, 200, 128, 128, "fit")[:2] == (128, 64)
+    w, h, crop = fitted(400, 200, 128, 128, "fill")
+    assert (w, h) == (256, 128) and (crop.x, crop.w, crop.h) == (64, 128, 128)
+
+
+def test_labels_with_control_characters_and_undecodable_bytes_are_drawn_as_visible_symbols() -> None:
+    assert clean_label("a\x1b[31mred\x07") == "a\u241b[31mred\u2407"
+    assert clean_label("evil\u202egnp.exe") == "evilgnp.exe"  # no reversing of what follows
+    assert clean_label(os.fsdecode(b"caf\xe9.png")) == "caf\ufffd.png"
+    assert clean_label("tab\there\x00") == "tab here\u2400"
+
+
+# -- the command ----------------------------------------------------------------------------------
+def test_every_image_lands_in_the_cell_the_layout_gives_it(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    out = tmp_path / "sheet.png"
+
+    outcome = cli("grid", swatches, "-o", out, "--cols", "4", "--cell", "32", "--label", "none", "--fit", "fill")
+
+    assert outcome.code == 0, outcome.log
+    spec = Spec(cell_w=32, cell_h=32, fit="fill", label_lines=0, line_height=14)
+    (page,) = contact_sheet(12, spec, cols=4)
+    with Image.open(out) as sheet:
+        assert sheet.size == (page.width, page.height)
+        for i, rgb in enumerate(COLOURS):
+            box = page.cell(i)
+            found = sheet.getpixel((box.x + box.w // 2, box.y + box.h // 2))
+            assert max(abs(a - b) for a, b in zip(found, rgb, strict=True)) <= 3  # via a JPEG thumbnail
+        assert sheet.getpixel((1, 1)) == (255, 255, 255)  # the margin
+
+
+def test_labels_are_drawn_under_the_cells(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    out = tmp_path / "sheet.png"
+    outcome = cli("grid", swatches, "-o", out, "--cols", "4", "--cell", "64")
+
+    assert outcome.code == 0, outcome.log
+    spec = Spec(cell_w=64, cell_h=64, label_lines=2, line_height=14)
+    (page,) = contact_sheet(12, spec, cols=4)
+    with Image.open(out) as sheet:
+        for i in range(12):
+            label = page.label(i)
+            strip = sheet.convert("L").crop((label.x, label.y, label.x + label.w, label.y + label.h))
+            low, high = strip.getextrema()
+            assert high - low > 100, f"the label of cell {i} is blank"
+
+
+def test_scripts_and_colour_emoji_are_drawn_with_the_installed_fonts(tmp_path) -> None:
+    need_pyvips()
+    need_fonts()
+    from analyzer.grid.text import Labeller
+
+    drawn = Labeller(200, 2, 20).render("猫 🎨").convert("RGB")
+    colours = {drawn.getpixel((x, y)) for x in range(drawn.width) for y in range(drawn.height)}
+    saturated = {c for c in colours if max(c) - min(c) > 80}
+    assert len(saturated) > 10  # the emoji is a colour glyph, not a black box or tofu
+
+
+def test_a_long_label_is_cut_to_its_lines_with_an_ellipsis(tmp_path) -> None:
+    need_pyvips()
+    from analyzer.grid.text import Labeller
+
+    labeller = Labeller(80, 2, 14)
+    short, long = labeller.render("a cat"), labeller.render("a photo of a cat " * 20)
+    assert long.height <= 2 * 14
+    assert short.getbbox() is not None and long.getbbox() is not None
+
+
+def test_csv_labels_win_over_results_which_win_over_file_names(cli, sd_images, tmp_path, monkeypatch) -> None:
+    need_pyvips()
+    from analyzer.grid import sheet as grid
+
+    assert cli("run", sd_images, "--plugins", "metadata").code == 0
+    (sd_images / "unanalysed.png").write_bytes((sd_images / "invokeai_dream1.png").read_bytes()[:-20])  # no results
+    table = tmp_path / "labels.csv"
+    table.write_text("file,seed,sampler\nautomatic1111_cropped.png,1,from csv\n")
+    made: list[grid.GridResult] = []
+    real = grid.make_grid
+    monkeypatch.setattr(grid, "make_grid", lambda *args: made.append(real(*args)) or made[-1])
+
+    template = "seed {metadata.parameters.seed}"
+    outcome = cli(
+        "grid", sd_images, "-o", tmp_path / "s.png", "--csv", table, "--label-columns", "sampler", "--label", template
+    )
+
+    assert outcome.code in (0, 1), outcome.log
+    labels = {cell.rel: (cell.label, cell.source) for cell in made[0].cells}
+    assert labels["automatic1111_cropped.png"] == ("from csv", "csv")  # the CSV first
+    assert labels["invokeai_dream1.png"] == ("seed 2980747362", "template")  # then the stored results
+    assert labels["unanalysed.png"][0] == "unanalysed.png"  # then the file name
+
+
+def test_a_csv_without_the_asked_column_is_refused_naming_it(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    table = tmp_path / "labels.csv"
+    table.write_text("file,seed\nc00.png,1\n")
+    outcome = cli("grid", swatches, "-o", tmp_path / "s.png", "--csv", table, "--label-columns", "cfg")
+    assert outcome.code == 2
+    assert "no column 'cfg'" in outcome.err
+
+
+def test_an_unreadable_image_is_a_grey_cell_labelled_with_its_error(cli, tmp_path) -> None:
+    need_pyvips()
+    root = tmp_path / "mixed"
+    shutil.copytree(DATA / "bad-images", root)
+    make_image(root / "good.png", size=(20, 20), color=(255, 0, 0))
+    out = tmp_path / "sheet.png"
+
+    outcome = cli("grid", root, "-o", out, "--cols", "5", "--cell", "32")
+
+    assert outcome.code == 1
+    assert "could not be read" in outcome.log and "Traceback" not in outcome.err
+    with Image.open(out) as sheet:
+        assert sheet.getpixel(_centre(0, 5, 32)) == (200, 200, 200)  # empty_file.png: a grey cell
+        assert sheet.getpixel(_centre(3, 5, 32))[0] > 240  # good.png: red
+    assert "empty_file.png: empty file (0 bytes)" in outcome.log
+
+
+def _centre(i: int, cols: int, cell: int) -> tuple[int, int]:
+    (page,) = contact_sheet(5, Spec(cell_w=cell, cell_h=cell, label_lines=2, line_height=14), cols=cols)
+    box = page.cell(i)
+    return box.x + box.w // 2, box.y + box.h // 2
+
+
+def test_a_large_sheet_becomes_numbered_pages(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    out = tmp_path / "sheet.webp"
+    outcome = cli("grid", swatches, "-o", out, "--cols", "4", "--cell", "32", "--page-pixels", "20000")
+
+    assert outcome.code == 0, outcome.log
+    pages = sorted(tmp_path.glob("sheet-*.webp"))
+    assert len(pages) >= 2 and not out.exists()
+    assert [p.name for p in pages][:2] == ["sheet-001.webp", "sheet-002.webp"]
+    for page in pages:
+        with Image.open(page) as image:
+            assert image.width * image.height <= 20000
+
+
+def test_thumbnails_are_made_once_and_the_sheet_is_not_written_inside_the_folder(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    first = cli("grid", swatches, "-o", tmp_path / "a.png", "--cell", "32")
+    again = cli("grid", swatches, "-o", tmp_path / "b.png", "--cell", "32")
+    assert "12 thumbnails made" in first.log and "0 thumbnails made" in again.log
+    refused = cli("grid", swatches, "-o", swatches / "sheet.png")
+    assert refused.code == 2 and "inside the folder" in refused.err
