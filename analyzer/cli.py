@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--label-lines", type=int, default=2, help="lines of label under each cell; then … (2)")
     grid.add_argument("--font-size", type=int, default=11, help="label text size, pixels (11)")
     grid.add_argument("--title", help="a line of text over the sheet")
+    grid.add_argument("--x", metavar="PARAM", help="a comparison grid: columns by this (steps, or any selector)")
+    grid.add_argument("--y", metavar="PARAM", help="...rows by this (sampler, cfg_scale, prompt, ...)")
+    grid.add_argument("--z", metavar="PARAM", help="...and a sheet for each value of this")
+    grid.add_argument("--auto-axes", action="store_true", help="a comparison grid of the parameters that vary")
     grid.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (90)")
     grid.add_argument(
         "--page-pixels", type=int, default=400_000_000, help="at most this many pixels a page, else more pages"
@@ -631,8 +635,14 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"--cell {args.cell!r}: pixels, as 128 or 160x120") from exc
     if min(cell_w, cell_h, args.font_size, args.label_lines + 1) < 1 or min(args.margin, args.gap) < 0:
         raise ConfigError("--cell, --font-size are at least 1; --label-lines, --margin, --gap at least 0")
+    from .grid.axes import PARAMETERS, selector_of
+
     label = args.label
+    if (args.y or args.z) and not args.x:
+        raise ConfigError("--y and --z go with --x (or use --auto-axes)")
     selectors = template_selectors(label) if label and label != "none" else []
+    selectors += [selector_of(name) for name in (args.x, args.y, args.z) if name]
+    selectors += [Selector.parse(PARAMETERS)] if args.auto_axes else []
     args.plugins = sorted({s.plugin for s in selectors}) or None
     plugins, readers, _, _ = _plugins(settings, args, check_requirements=False)
     line = round(args.font_size * 1.3)
@@ -649,8 +659,14 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         title=args.title,
         quality=args.quality,
         max_pixels=args.page_pixels,
+        x=args.x,
+        y=args.y,
+        z=args.z,
+        auto_axes=args.auto_axes,
     )
     result = make_grid(settings, [*plugins, *readers], args.paths, options)
+    for name, values in result.axes:
+        log.info("axis %s: %s", name, ", ".join(values))
     for page in result.pages:
         print(page)
     log.info(

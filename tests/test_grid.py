@@ -218,3 +218,97 @@ def test_thumbnails_are_made_once_and_the_sheet_is_not_written_inside_the_folder
     assert "12 thumbnails made" in first.log and "0 thumbnails made" in again.log
     refused = cli("grid", swatches, "-o", swatches / "sheet.png")
     assert refused.code == 2 and "inside the folder" in refused.err
+
+
+# -- comparison grids -----------------------------------------------------------------------------
+def render(path: Path, steps: int, sampler: str, seed: int, color: tuple[int, int, int]) -> Path:
+    """A PNG with AUTOMATIC1111 generation parameters, as the web UI writes them."""
+    params = (
+        f"a cat\nNegative prompt: blurry\nSteps: {steps}, Sampler: {sampler}, CFG scale: 7, Seed: {seed}, Size: 8x8"
+    )
+    return make_image(path, size=(16, 16), color=color, text={"parameters": params})
+
+
+STEP_COLOURS = {15: (255, 0, 0), 30: (0, 160, 0), 100: (0, 0, 255)}
+
+
+@pytest.fixture
+def renders(tmp_path: Path, cli) -> Path:
+    """Steps 15, 30, 100 by samplers Euler a and DPM++ 2M, two seeds each, coloured by steps; no
+    image has steps 100 with DPM++ 2M."""
+    root = tmp_path / "renders"
+    for steps, colour in STEP_COLOURS.items():
+        for sampler in ("Euler a", "DPM++ 2M"):
+            if (steps, sampler) == (100, "DPM++ 2M"):
+                continue
+            for seed in (1, 2):
+                render(root / f"{steps}-{sampler.replace(' ', '')}-{seed}.png", steps, sampler, seed, colour)
+    assert cli("run", root, "--plugins", "metadata").code == 0
+    return root
+
+
+def test_axis_values_sort_as_what_they_mean_not_as_stored_text() -> None:
+    from analyzer.grid.axes import axis
+
+    found, _ = axis("steps", ["15", "100", 30, "5", 5.0, None, "7.5"])
+    assert [label for _, label in found.values] == ["5", "7.5", "15", "30", "100", "(none)"]
+    seeds, _ = axis("seed", ["6952411511246973023", "280823642470253"])
+    assert [label for _, label in seeds.values] == ["280823642470253", "6952411511246973023"]  # every digit kept
+
+
+def test_a_prompt_axis_is_labelled_by_the_words_that_differ() -> None:
+    from analyzer.grid.axes import prompt_labels
+
+    assert prompt_labels(["a photo of a cat, 8k", "a photo of a dog, 8k", "a photo of a red fox, 8k"]) == [
+        "cat",
+        "dog",
+        "red fox",
+    ]
+    assert prompt_labels(["a castle", "a castle at night"]) == ["(base)", "at night"]
+
+
+def test_auto_axes_lay_out_what_varies_with_headers_and_empty_cells_for_missing_combinations(
+    cli, renders, tmp_path
+) -> None:
+    need_pyvips()
+    from analyzer.grid.layout import comparison_sheet, with_title
+
+    out = tmp_path / "xy.png"
+    outcome = cli("grid", renders, "-o", out, "--auto-axes", "--cell", "32")
+
+    assert outcome.code == 0, outcome.log
+    assert "axis steps: 15, 30, 100" in outcome.log  # numbers in numeric order, X: the numeric axis
+    assert "axis sampler: DPM++ 2M, Euler a" in outcome.log
+    spec = with_title(Spec(cell_w=32, cell_h=32, label_lines=2, line_height=14), "x")
+    page = comparison_sheet(3, 2, (2, 1), spec, header=14 * 2 + 4, left=96)  # two seeds side by side
+    with Image.open(out) as sheet:
+        assert sheet.size == (page.width, page.height)
+        for xi, steps in enumerate((15, 30, 100)):
+            for yi, sampler in enumerate(("DPM++ 2M", "Euler a")):
+                for seed in (0, 1):
+                    box = page.cell(yi * page.cols + xi * 2 + seed)
+                    found = sheet.getpixel((box.x + box.w // 2, box.y + box.h // 2))
+                    if (steps, sampler) == (100, "DPM++ 2M"):
+                        expected = (238, 238, 238) if seed == 0 else (255, 255, 255)  # "none: ..." then nothing
+                    else:
+                        expected = STEP_COLOURS[steps]
+                    assert max(abs(a - b) for a, b in zip(found, expected, strict=True)) <= 3, (steps, sampler, seed)
+        header = sheet.convert("L").crop((page.column_left(0), 8 + 18, page.column_left(2), page.band_top(0)))
+        assert header.getextrema()[0] < 100  # the X header is drawn
+
+
+def test_explicit_axes_and_a_sheet_per_z_value(cli, renders, tmp_path) -> None:
+    need_pyvips()
+    out = tmp_path / "by.png"
+    outcome = cli("grid", renders, "-o", out, "--x", "seed", "--y", "steps", "--z", "sampler", "--cell", "24")
+
+    assert outcome.code == 0, outcome.log
+    assert sorted(p.name for p in tmp_path.glob("by-*.png")) == ["by-DPM++ 2M.png", "by-Euler a.png"]
+
+
+def test_auto_axes_refuse_images_that_do_not_make_a_grid(cli, sd_images, tmp_path) -> None:
+    need_pyvips()
+    assert cli("run", sd_images, "--plugins", "metadata").code == 0
+    refused = cli("grid", sd_images, "-o", tmp_path / "xy.png", "--auto-axes")
+    assert refused.code == 2
+    assert "do not make a comparison grid" in refused.err and "--x and --y" in refused.err

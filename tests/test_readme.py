@@ -216,6 +216,7 @@ def test_every_command_in_the_readme_runs_as_shown(walk: Walk) -> None:
         walk.run(command)
     walk.hidden |= set(EXTRAS["grid"])
     assert (walk.home / "sheets" / "outputs.png").is_file() and (walk.home / "sheets" / "outputs.webp").is_file()
+    assert (walk.home / "sheets" / "steps-by-sampler.png").is_file()
 
     # The Python API example.
     done = subprocess.run(

@@ -65,12 +65,25 @@ class Sheet:
     """The index of this page's first image among all the images."""
     count: int
     spec: Spec
+    left: int = 0
+    """A column of row headers (a comparison grid's Y values) left of the cells."""
+    header: int = 0
+    """A row of column headers (X values) over the cells."""
+    block_cols: int = 0
+    """Cells per block across (a comparison grid's images of one X value); 0: no blocks."""
+    block_rows: int = 0
+    block_gap: int = 0
+    """Extra space between blocks."""
 
     def cell(self, i: int) -> Box:
         """The image box of this page's ``i``-th image."""
         row, col = divmod(i, self.cols)
         s = self.spec
-        return Box(s.margin + col * s.pitch_x, self.band_top(row), s.cell_w, s.cell_h)
+        return Box(self.column_left(col), self.band_top(row), s.cell_w, s.cell_h)
+
+    def column_left(self, col: int) -> int:
+        extra = (col // self.block_cols) * self.block_gap if self.block_cols else 0
+        return self.spec.margin + self.left + col * self.spec.pitch_x + extra
 
     def label(self, i: int) -> Box:
         cell = self.cell(i)
@@ -78,7 +91,8 @@ class Sheet:
 
     def band_top(self, row: int) -> int:
         """Where row ``row``'s cells begin."""
-        return self.spec.margin + self.spec.title_height + row * self.spec.pitch_y
+        extra = (row // self.block_rows) * self.block_gap if self.block_rows else 0
+        return self.spec.margin + self.spec.title_height + self.header + row * self.spec.pitch_y + extra
 
     def band(self, row: int) -> tuple[int, int]:
         """(top, height) of the horizontal strip drawn for row ``row``: the strip ends where the
@@ -156,3 +170,21 @@ def fitted(image_w: int, image_h: int, box_w: int, box_h: int, fit: str = "fit")
 def with_title(spec: Spec, title: str | None, line_height: int | None = None) -> Spec:
     """``spec`` with room for a title line on top, when there is a title."""
     return replace(spec, title_height=(line_height or spec.line_height) + spec.gap) if title else spec
+
+
+def comparison_sheet(
+    nx: int, ny: int, sub: tuple[int, int], spec: Spec, *, header: int, left: int, fmt: str = "png"
+) -> Sheet:
+    """One page of an X/Y grid: ``nx`` by ``ny`` blocks of ``sub`` (columns, rows) cells, column
+    headers over them and row headers left of them. Raises ValueError past the format's size."""
+    block_gap = 3 * spec.gap + 4
+    cols, rows = nx * sub[0], ny * sub[1]
+    width = 2 * spec.margin + left + cols * spec.pitch_x - spec.gap + (nx - 1) * block_gap
+    height = 2 * spec.margin + spec.title_height + header + rows * spec.pitch_y - spec.gap + (ny - 1) * block_gap
+    limit = FORMAT_MAX_SIDE.get(fmt, FORMAT_MAX_SIDE["png"])
+    if max(width, height) > limit:
+        raise ValueError(
+            f"a {width:,} x {height:,} px comparison grid is larger than {fmt.upper()} allows ({limit:,} px): "
+            "smaller cells, fewer values per axis (--z makes a sheet per value), or PNG"
+        )
+    return Sheet(width, height, cols, rows, 0, cols * rows, spec, left, header, sub[0], sub[1], block_gap)

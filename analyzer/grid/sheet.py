@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AnalyzerError, ConfigError, FileChangedError
 from ..hashing import hash_file
-from ..selector import MISSING, render_template, template_selectors
+from ..selector import MISSING, Selector, render_template, template_selectors
 from ..settings import Settings
 from ..store import Store, preferred_models, resolve_targets
 from ..survey import Seen, surveyed
 from .compose import format_of, page_names, write_page
-from .layout import Sheet, Spec, contact_sheet, with_title
+from .layout import Sheet, Spec, comparison_sheet, contact_sheet, with_title
 from .text import Labeller, clean_label
 from .thumbs import ThumbCache, bucket, load_tile
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 BACKGROUND = (255, 255, 255)
 PLACEHOLDER = (200, 200, 200)
 """The fill of a cell whose image cannot be read."""
+MISSING_FILL = (238, 238, 238)
+"""The fill of a comparison grid's cell that no image has."""
 AHEAD = 64
 """Thumbnails made ahead of the band being drawn."""
 
@@ -59,6 +61,16 @@ class GridOptions:
     max_pixels: int | None = 400_000_000
     """Pixels a page may have (a WebP page is held whole in memory: about 5 bytes a pixel)."""
     workers: int = 2
+    x: str | None = None
+    """A comparison grid's axes: selectors, or bare generation parameters (``steps``); see
+    :mod:`analyzer.grid.axes`."""
+    y: str | None = None
+    z: str | None = None
+    auto_axes: bool = False
+
+    @property
+    def comparison(self) -> bool:
+        return self.auto_axes or self.x is not None
 
 
 @dataclass
@@ -68,7 +80,12 @@ class Cell:
     hash: str | None
     label: str
     source: str
-    """Where the label came from: ``csv``, ``template``, ``file_name``, or ``error``."""
+    """Where the label came from: ``csv``, ``template``, ``file_name``, ``error``, or ``axes``."""
+    kind: str = "image"
+    """``image``; in a comparison grid also ``missing`` (no image has this combination: a labelled
+    empty cell) and ``blank`` (the rest of a cell with fewer images than others)."""
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The axes' values (selector text -> stored value)."""
 
     @property
     def path(self) -> Path:
@@ -79,6 +96,8 @@ class Cell:
 class GridResult:
     pages: list[Path]
     cells: list[Cell]
+    axes: list[tuple[str, list[str]]] = field(default_factory=list)
+    """A comparison grid's axes: (name, its value labels in order), X first."""
     thumbnails_made: int = 0
     unreadable: list[str] = field(default_factory=list)
 
@@ -134,6 +153,8 @@ def make_grid(
     )
     try:
         cells = _cells(stores, found, plugins, options)
+        if options.comparison:
+            return _comparison(cells, options, fmt, settings.max_image_pixels, stores)
         spec = with_title(options.spec, options.title)
         if options.label == "none":
             spec = replace(spec, label_lines=0)
@@ -170,6 +191,8 @@ def _cells(
         csv_labels, _ = read_csv(options.csv, options.label_columns)
     template = options.label if options.label not in (None, "none") else None
     selectors = template_selectors(template) if template else []
+    axis_selectors = _axis_selectors(options)
+    wanted = list({sel.text: sel for sel in [*selectors, *axis_selectors]}.values())
     preferred = preferred_models(plugins)
     cells: list[Cell] = []
     matched: set[str] = set()
@@ -177,7 +200,7 @@ def _cells(
         seen = sorted(found.get(store.root, ()), key=lambda image: image.rel.rpartition("/")[::2])
         hashes = [image.hash or _hash(store, image.rel) for image in seen]
         known = [(image.rel, h) for image, h in zip(seen, hashes, strict=True) if h]  # results made for this content
-        values = dict(zip([rel for rel, _ in known], store.values_of(known, selectors, preferred), strict=True))
+        values = dict(zip([rel for rel, _ in known], store.values_of(known, wanted, preferred), strict=True))
         for image, content_hash in zip(seen, hashes, strict=True):
             name = image.rel.rpartition("/")[2]
             key = image.rel if image.rel in csv_labels else name if name in csv_labels else None
@@ -189,6 +212,8 @@ def _cells(
                 cells.append(Cell(store, image.rel, content_hash, render_template(template, texts, name), "template"))
             else:
                 cells.append(Cell(store, image.rel, content_hash, name, "file_name"))
+            stored = values[image.rel][0] if image.rel in values else {}
+            cells[-1].values = {sel.text: stored.get(sel.text, MISSING) for sel in axis_selectors}
     unmatched = sorted(set(csv_labels) - matched)
     if unmatched:
         log.warning("--csv: %d rows name no image found (%s)", len(unmatched), ", ".join(unmatched[:5]))
@@ -231,8 +256,12 @@ class _Painter:
             else {}
         )
         self.labels = Labeller(spec.cell_w, spec.label_lines, spec.line_height) if spec.label_lines else None
-        self.title = Labeller(10_000, 1, spec.line_height) if options.title else None
+        self.title = Labeller(10_000, 1, spec.line_height) if spec.title_height else None
         self.unreadable: list[str] = []
+        self.title_text = options.title
+        self.axes: tuple[Any, Any] | None = None
+        """A comparison grid's (X axis, Y axis or None): their values head the columns and rows."""
+        self._headers: dict[int, Labeller] = {}
         self._thumbs = self._thumbnails()
 
     @property
@@ -244,6 +273,8 @@ class _Painter:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         def one(cell: Cell) -> tuple[Path | None, str | None]:
+            if cell.kind != "image":
+                return None, None
             cache = self.caches.get(cell.store.root)
             if cell.hash is None:
                 return None, "cannot read the image"
@@ -266,14 +297,20 @@ class _Painter:
 
         top, height = page.band(row)
         band = Image.new("RGB", (page.width, height), BACKGROUND)
-        if row == 0 and self.title is not None and self.options.title:
-            title = self.title.render(self.options.title)
+        if row == 0 and self.title is not None and self.title_text:
+            title = self.title.render(self.title_text)
             band.paste(title, (self.spec.margin, self.spec.margin), title)
+        self._draw_headers(band, page, row, top)
         first = row * page.cols
         for i in range(first, min(first + page.cols, page.count)):
             cell = self.cells[page.first + i]
             box, label_box = page.cell(i), page.label(i)
             thumb, error = next(self._thumbs)
+            if cell.kind != "image":
+                if cell.kind == "missing":
+                    band.paste(MISSING_FILL, (box.x, box.y - top, box.x + box.w, box.y - top + box.h))
+                    self._label(band, cell.label, label_box.x, label_box.y - top)
+                continue
             tile = None
             if error is None:
                 try:
@@ -290,7 +327,157 @@ class _Painter:
                 x = box.x + (box.w - tile.width) // 2
                 y = box.y - top + (box.h - tile.height) // 2
                 band.paste(tile, (x, y), tile if tile.mode == "RGBA" else None)
-            if self.labels is not None:
-                drawn = self.labels.render(clean_label(text))
-                band.paste(drawn, (label_box.x, label_box.y - top), drawn)
+            self._label(band, text, label_box.x, label_box.y - top)
         return band
+
+    def _label(self, band: Image.Image, text: str, x: int, y: int) -> None:
+        if self.labels is not None:
+            drawn = self.labels.render(clean_label(text))
+            band.paste(drawn, (x, y), drawn)
+
+    def _header(self, width: int) -> Labeller:
+        if width not in self._headers:
+            self._headers[width] = Labeller(width, 2, self.spec.line_height)
+        return self._headers[width]
+
+    def _draw_headers(self, band: Image.Image, page: Sheet, row: int, top: int) -> None:
+        """A comparison grid's X values over the first row of blocks, Y values left of each row of blocks."""
+        if self.axes is None or not page.block_cols:
+            return
+        x_axis, y_axis = self.axes
+        s = self.spec
+        if row == 0:
+            width = page.block_cols * s.pitch_x - s.gap
+            y = s.margin + s.title_height
+            for xi, (_, label) in enumerate(x_axis.values):
+                drawn = self._header(width).render(f"{x_axis.name} = {label}" if xi == 0 else label)
+                band.paste(drawn, (page.column_left(xi * page.block_cols), y - top), drawn)
+        if y_axis is not None and page.block_rows and row % page.block_rows == 0:
+            yi = row // page.block_rows
+            if yi < len(y_axis.values):
+                label = y_axis.values[yi][1]
+                drawn = self._header(page.left - s.gap).render(f"{y_axis.name} = {label}" if yi == 0 else label)
+                band.paste(drawn, (s.margin, page.band_top(row) - top), drawn)
+
+
+# -- comparison grids ----------------------------------------------------------------------------
+def _axis_selectors(options: GridOptions) -> list[Selector]:
+    from .axes import PREFERENCE, selector_of
+
+    names = list(PREFERENCE) if options.auto_axes else [n for n in (options.x, options.y, options.z) if n]
+    return [selector_of(name) for name in names]
+
+
+def _choose_axes(images: Sequence[Cell], options: GridOptions) -> tuple[str, str | None, str | None, list[str]]:
+    """(x, y, z, what else varies within a cell): as given, or found (``--auto-axes``)."""
+    from .axes import PREFERENCE, detect_axes, selector_of
+
+    if not options.auto_axes:
+        assert options.x is not None
+        return options.x, options.y, options.z, []
+    rows = [{name: cell.values.get(selector_of(name).text, MISSING) for name in PREFERENCE} for cell in images]
+    chosen = detect_axes(rows)
+    return chosen.x, chosen.y, chosen.z, list(chosen.within)
+
+
+def _slots(
+    page: Sheet,
+    x_axis: Any,
+    y_axis: Any,
+    ys: Sequence[tuple[Any, str]],
+    groups: Mapping[tuple[Any, Any], list[Cell]],
+    sub: tuple[int, int],
+    within_key: Any,
+    within: Sequence[str],
+) -> list[Cell | None]:
+    """The page's cells in reading order: each block's images, a labelled empty cell for a
+    combination no image has, None for the rest of a block."""
+    from .axes import normal, selector_of
+
+    slots: list[Cell | None] = [None] * (page.cols * page.rows)
+    store = next(iter(cell for group in groups.values() for cell in group)).store
+    for xi, (x_key, x_label) in enumerate(x_axis.values):
+        for yi, (y_key, y_label) in enumerate(ys):
+            members = sorted(groups.get((x_key, y_key), []), key=within_key)
+            for n in range(sub[0] * sub[1]):
+                r, c = divmod(n, sub[0])
+                at = (yi * sub[1] + r) * page.cols + xi * sub[0] + c
+                if n < len(members):
+                    cell = members[n]
+                    if within and cell.source == "file_name":  # told apart by what varies within the cell
+                        cell.label = " ".join(
+                            f"{w.rpartition('.')[2]}={normal(cell.values.get(selector_of(w).text, MISSING))[1]}"
+                            for w in within
+                        )
+                        cell.source = "axes"
+                    slots[at] = cell
+                elif n == 0:
+                    missing = f"none: {x_axis.name}={x_label}" + (f", {y_axis.name}={y_label}" if y_axis else "")
+                    slots[at] = Cell(store, "", None, missing, "axes", kind="missing")
+    return slots
+
+
+def _comparison(
+    cells: list[Cell], options: GridOptions, fmt: str, max_pixels: int, stores: Sequence[Store]
+) -> GridResult:
+    """One sheet per Z value: X by Y blocks, each holding the images with those values side by
+    side (ordered by what else varies), headers over and beside them; a combination no image has
+    is an empty cell saying so."""
+    from ..export.files import file_name
+    from .axes import Axis, axis, normal, selector_of, sub_grid
+
+    images = list(cells)
+    if not images:
+        raise ConfigError("no images to compare")
+    x_name, y_name, z_name, within = _choose_axes(images, options)
+    names = [n for n in (x_name, y_name, z_name) if n]
+    built: dict[str, tuple[Axis, list[Any]]] = {}
+    for name in names:
+        built[name] = axis(name, [cell.values.get(selector_of(name).text, MISSING) for cell in images])
+    x_axis, x_keys = built[x_name]
+    y_axis, y_keys = built[y_name] if y_name else (None, [(0,)] * len(images))
+    z_axis, z_keys = built[z_name] if z_name else (None, [(0,)] * len(images))
+    if len(x_axis.values) * (len(y_axis.values) if y_axis else 1) > 10_000:
+        raise ConfigError(f"{x_name} by {y_name}: over 10,000 cells; choose axes with fewer values")
+
+    def within_key(cell: Cell) -> tuple[Any, ...]:
+        return (*(normal(cell.values.get(selector_of(n).text, MISSING))[0] for n in within), cell.rel)
+
+    z_values = z_axis.values if z_axis else (((0,), ""),)
+    spec = with_title(options.spec, options.title or "x")
+    if options.label == "none":
+        spec = replace(spec, label_lines=0)
+    header = spec.line_height * 2 + spec.gap
+    left = max(spec.cell_w, 96) if y_axis else 0
+    shown = [a for a in (x_axis, y_axis, z_axis) if a is not None]
+    result = GridResult([], [], axes=[(a.name, [label for _, label in a.values]) for a in shown])
+    painter_cells: list[Cell] = []
+    pages: list[tuple[Any, Path, str]] = []
+    for z_key, z_label in z_values:
+        here = [i for i in range(len(images)) if z_keys[i] == z_key]
+        groups: dict[tuple[Any, Any], list[Cell]] = {}
+        for i in here:
+            groups.setdefault((x_keys[i], y_keys[i]), []).append(images[i])
+        per_cell = max((len(g) for g in groups.values()), default=1)
+        sub = sub_grid(per_cell)
+        ys = y_axis.values if y_axis else (((0,), ""),)
+        page = comparison_sheet(len(x_axis.values), len(ys), sub, spec, header=header, left=left, fmt=fmt)
+        slots = _slots(page, x_axis, y_axis, ys, groups, sub, within_key, within)
+        page_cells = [slot or Cell(images[0].store, "", None, "", "axes", kind="blank") for slot in slots]
+        painter_cells += page_cells
+        suffix = f"-{file_name(z_label)}" if z_axis else ""
+        out = options.out.with_name(f"{options.out.stem}{suffix}{options.out.suffix}")
+        title = options.title or f"{x_axis.name} × {y_axis.name}" if y_axis else options.title or x_axis.name
+        if z_axis:
+            title = f"{title} — {z_axis.name} = {z_label}"
+        pages.append((replace(page, first=len(painter_cells) - len(page_cells)), out, title))
+    painter = _Painter(painter_cells, spec, options, max_pixels, stores)
+    for page, out, title in pages:
+        painter.axes = (x_axis, y_axis)
+        painter.title_text = title
+        write_page(page, painter.band, out, options.quality)
+        result.pages.append(out)
+    result.cells = [c for c in painter_cells if c.kind == "image"]
+    result.thumbnails_made = painter.made
+    result.unreadable = painter.unreadable
+    return result
