@@ -194,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = sub.add_parser("grid", help="a labeled contact sheet of the images (no model runs)")
     grid.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders or images (default: roots)")
-    grid.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="the sheet: .png, .jpg or .webp")
+    grid.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="the sheet (.png, .jpg, .webp); --batch: a folder",
+    )
+    grid.add_argument("--batch", action="store_true", help="a sheet per PATH into the folder OUT, redrawn when changed")
+    grid.add_argument("--format", default="png", choices=["png", "jpg", "webp"], help="--batch: the sheets' format")
     grid.add_argument("--cols", type=int, help="columns (default: as square as the cells allow)")
     grid.add_argument("--rows", type=int, help="rows (per page, with --cols)")
     grid.add_argument("--aspect", type=float, default=1.0, help="the sheet's width/height without --cols (1)")
@@ -214,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--y", metavar="PARAM", help="...rows by this (sampler, cfg_scale, prompt, ...)")
     grid.add_argument("--z", metavar="PARAM", help="...and a sheet for each value of this")
     grid.add_argument("--auto-axes", action="store_true", help="a comparison grid of the parameters that vary")
+    grid.add_argument(
+        "--use-clip", action="store_true", help="label by CLIP: the concept bank's best match, computed if missing"
+    )
+    grid.add_argument("--clip-model", metavar="MODEL", help="with --use-clip: the open_clip model (ViT-B-32/openai)")
     grid.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (90)")
     grid.add_argument(
         "--page-pixels", type=int, default=400_000_000, help="at most this many pixels a page, else more pages"
@@ -637,6 +650,8 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("--cell, --font-size are at least 1; --label-lines, --margin, --gap at least 0")
     from .grid.axes import PARAMETERS, selector_of
 
+    if args.use_clip and args.label is None:
+        args.label = _clip_labels(settings, args)
     label = args.label
     if (args.y or args.z) and not args.x:
         raise ConfigError("--y and --z go with --x (or use --auto-axes)")
@@ -663,7 +678,10 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         y=args.y,
         z=args.z,
         auto_axes=args.auto_axes,
+        batch_format=args.format,
     )
+    if args.batch:
+        return _grid_batch(settings, [*plugins, *readers], args, options)
     result = make_grid(settings, [*plugins, *readers], args.paths, options)
     for name, values in result.axes:
         log.info("axis %s: %s", name, ", ".join(values))
@@ -681,6 +699,47 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURES
     return EXIT_OK
+
+
+def _clip_labels(settings: Settings, args: argparse.Namespace) -> str | None:
+    """``--use-clip``: the template of a CLIP label (the concept bank's best match, as its prompt
+    reads: "a photo of a lighthouse"), after computing and storing what is missing through the
+    normal pipeline; without the clip extra, None (file names) and one line saying so."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in ("torch", "open_clip")):
+        log.warning("--use-clip: the clip extra is not installed (pip install 'analyzer[clip]'): labels are file names")
+        return None
+    # the classify plugin's concept bank, as `analyzer classify PATH... --bank` would run it
+    clip = build_parser().parse_args(["classify", *map(str, args.paths), "--bank", "--name", "concepts"])
+    clip.progress = getattr(args, "progress", None)
+    clip_settings, mode = classify_settings(settings, clip)
+    if args.clip_model:
+        options = dict(clip_settings.plugin_options["classify"]) | {"model": args.clip_model}
+        clip_settings = clip_settings.model_copy(
+            update={"plugin_options": dict(clip_settings.plugin_options) | {"classify": options}}
+        )
+    clip.plugins, clip.modes = ["classify"], [mode]
+    clip.force = clip.dry_run = clip.retry_failed = clip.refresh_stale = False
+    code, _ = run_engine(clip_settings, clip)
+    if code not in (EXIT_OK, EXIT_FAILURES):
+        raise AnalyzerError("--use-clip: the CLIP labels could not be computed")
+    return f"a photo of a {{classify.{mode}}}"
+
+
+def _grid_batch(settings: Settings, plugins: list[Any], args: argparse.Namespace, options: Any) -> int:
+    from .grid.sheet import make_batch
+
+    if not args.paths:
+        raise ConfigError("--batch makes a sheet per folder: name the folders")
+    failed = False
+    for folder, result in make_batch(settings, plugins, args.paths, options):
+        if result.skipped:
+            log.info("%s: unchanged, not redrawn", folder)
+        for page in result.pages:
+            print(page)
+        failed |= bool(result.unreadable)
+    return EXIT_FAILURES if failed else EXIT_OK
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:

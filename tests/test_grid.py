@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,53 @@ def test_auto_axes_refuse_images_that_do_not_make_a_grid(cli, sd_images, tmp_pat
     refused = cli("grid", sd_images, "-o", tmp_path / "xy.png", "--auto-axes")
     assert refused.code == 2
     assert "do not make a comparison grid" in refused.err and "--x and --y" in refused.err
+
+
+def test_batch_makes_a_sheet_per_folder_and_redraws_only_what_changed(cli, tmp_path) -> None:
+    need_pyvips()
+    folders = []
+    for name, rgb in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
+        for i in range(3):
+            make_image(tmp_path / name / f"{i}.png", size=(16, 16), color=rgb)
+        folders.append(tmp_path / name)
+    out = tmp_path / "sheets"
+
+    first = cli("grid", "--batch", *folders, "-o", out, "--cell", "32")
+    assert first.code == 0, first.log
+    assert sorted(p.name for p in out.glob("*.png")) == ["cats.png", "dogs.png"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+
+    again = cli("grid", "--batch", *folders, "-o", out, "--cell", "32")
+    assert again.log.count("unchanged, not redrawn") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
+
+    make_image(tmp_path / "dogs" / "3.png", size=(16, 16), color=(0, 0, 200))  # one folder changes
+    third = cli("grid", "--batch", *folders, "-o", out, "--cell", "32")
+    assert third.log.count("unchanged, not redrawn") == 1
+    assert (out / "cats.png").stat().st_mtime_ns == stamps["cats.png"]
+    assert (out / "dogs.png").stat().st_mtime_ns != stamps["dogs.png"]
+
+
+def test_use_clip_labels_by_the_concept_bank_computed_and_stored_first(cli, swatches, tmp_path, colours) -> None:
+    need_pyvips()
+    pytest.importorskip("open_clip", reason="the clip extra is not installed")
+    from analyzer.grid import sheet as grid
+
+    made: list[grid.GridResult] = []
+    real = grid.make_grid
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grid, "make_grid", lambda *args: made.append(real(*args)) or made[-1])
+        outcome = cli("grid", swatches, "-o", tmp_path / "s.png", "--use-clip")
+
+    assert outcome.code == 0, outcome.log
+    assert all(cell.label.startswith("a photo of a ") and cell.source == "template" for cell in made[0].cells)
+    stored = json.loads((swatches / "c00.png.classify.json").read_text())
+    assert "concepts" in stored["analysis"]  # computed through the pipeline, and kept
+
+
+def test_use_clip_without_the_clip_extra_falls_back_to_file_names_in_one_line(cli, swatches, tmp_path, monkeypatch):
+    need_pyvips()
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if not installed
+    outcome = cli("grid", swatches, "-o", tmp_path / "s.png", "--use-clip")
+    assert outcome.code == 0, outcome.log
+    assert outcome.log.count("the clip extra is not installed") == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,8 @@ class GridOptions:
     y: str | None = None
     z: str | None = None
     auto_axes: bool = False
+    batch_format: str = "png"
+    """``--batch``: the sheets' format (``png``, ``jpg``, ``webp``); ``out`` is then a folder."""
 
     @property
     def comparison(self) -> bool:
@@ -98,6 +100,8 @@ class GridResult:
     cells: list[Cell]
     axes: list[tuple[str, list[str]]] = field(default_factory=list)
     """A comparison grid's axes: (name, its value labels in order), X first."""
+    skipped: bool = False
+    """``--batch``: the sheet was up to date, nothing was drawn."""
     thumbnails_made: int = 0
     unreadable: list[str] = field(default_factory=list)
 
@@ -137,9 +141,14 @@ def read_csv(path: Path, columns: Sequence[str]) -> tuple[dict[str, str], list[s
 
 
 def make_grid(
-    settings: Settings, plugins: Sequence[AnalyzerPlugin], paths: Sequence[Path], options: GridOptions
+    settings: Settings,
+    plugins: Sequence[AnalyzerPlugin],
+    paths: Sequence[Path],
+    options: GridOptions,
+    unchanged: Callable[[list[Cell]], bool] | None = None,
 ) -> GridResult:
-    """Walk, label, lay out and write the sheet (blocking)."""
+    """Walk, label, lay out and write the sheet (blocking). ``unchanged(cells)`` (``--batch``):
+    True when the sheet of these cells is drawn already: nothing is written."""
     fmt = format_of(options.out)
     out = options.out.absolute()
     roots = [target.root for target in resolve_targets(settings, paths, files=False)]
@@ -153,6 +162,8 @@ def make_grid(
     )
     try:
         cells = _cells(stores, found, plugins, options)
+        if unchanged is not None and unchanged(cells):
+            return GridResult([], cells, skipped=True)
         if options.comparison:
             return _comparison(cells, options, fmt, settings.max_image_pixels, stores)
         spec = with_title(options.spec, options.title)
@@ -481,3 +492,54 @@ def _comparison(
     result.thumbnails_made = painter.made
     result.unreadable = painter.unreadable
     return result
+
+
+# -- --batch ---------------------------------------------------------------------------------------
+BATCH_STATE = ".analyzer-grid.json"
+"""In the output folder of ``--batch``: per sheet, the digest of what it was drawn from, and its pages."""
+
+
+def make_batch(
+    settings: Settings, plugins: Sequence[AnalyzerPlugin], folders: Sequence[Path], options: GridOptions
+) -> list[tuple[Path, GridResult]]:
+    """One sheet per folder, ``<options.out>/<folder name>.<batch_format>``, redrawn only when what it
+    shows changed: the images (by content), their labels, the options, or this version. Blocking."""
+    import hashlib
+    import json
+
+    from .. import __version__
+    from ..export.files import FolderNames
+    from ..sidecar import atomic_write_bytes
+
+    out_dir = options.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / BATCH_STATE
+    try:
+        state: dict[str, Any] = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    names = FolderNames([folder.resolve().name or "root" for folder in folders])
+    drawn: list[tuple[Path, GridResult]] = []
+    for folder in folders:
+        sheet_out = out_dir / f"{names[folder.resolve().name or 'root']}.{options.batch_format}"
+        sheet_options = replace(options, out=sheet_out)
+        recipe = json.dumps([__version__, repr(replace(sheet_options, out=Path()))], sort_keys=True)
+
+        def digest(cells: list[Cell], recipe: str = recipe) -> str:
+            parts = [recipe, *(f"{c.hash}\t{c.label}\t{c.source}" for c in cells)]
+            return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+        now: dict[str, str] = {}
+
+        def unchanged(cells: list[Cell], key: str = sheet_out.name, now: dict[str, str] = now) -> bool:
+            now["digest"] = digest(cells)
+            before = state.get(key, {})
+            pages = [out_dir / page for page in before.get("pages", [])]
+            return before.get("digest") == now["digest"] and bool(pages) and all(p.is_file() for p in pages)
+
+        result = make_grid(settings, plugins, [folder], sheet_options, unchanged)
+        if not result.skipped:
+            state[sheet_out.name] = {"digest": now["digest"], "pages": [p.name for p in result.pages]}
+            atomic_write_bytes(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+        drawn.append((folder, result))
+    return drawn
