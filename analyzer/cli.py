@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--label-lines", type=int, default=2, help="lines of label under each cell; then … (2)")
     grid.add_argument("--font-size", type=int, default=11, help="label text size, pixels (11)")
     grid.add_argument("--title", help="a line of text over the sheet")
+    grid.add_argument("--legend", action="store_true", help="a line under the title: what the labels or axes show")
+    grid.add_argument("--background", default="white", help="the sheet's colour: a name or #rrggbb (white)")
     grid.add_argument("--x", metavar="PARAM", help="a comparison grid: columns by this (steps, or any selector)")
     grid.add_argument("--y", metavar="PARAM", help="...rows by this (sampler, cfg_scale, prompt, ...)")
     grid.add_argument("--z", metavar="PARAM", help="...and a sheet for each value of this")
@@ -679,6 +681,8 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         z=args.z,
         auto_axes=args.auto_axes,
         batch_format=args.format,
+        background=_colour(args.background),
+        legend=args.legend,
     )
     if args.batch:
         return _grid_batch(settings, [*plugins, *readers], args, options)
@@ -699,6 +703,16 @@ def cmd_grid(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURES
     return EXIT_OK
+
+
+def _colour(text: str) -> tuple[int, int, int]:
+    from PIL import ImageColor
+
+    try:
+        red, green, blue = ImageColor.getrgb(text)[:3]
+    except ValueError as exc:
+        raise ConfigError(f"--background {text!r}: a colour name (white, black) or #rrggbb") from exc
+    return red, green, blue
 
 
 def _clip_labels(settings: Settings, args: argparse.Namespace) -> str | None:

@@ -364,3 +364,28 @@ def test_use_clip_without_the_clip_extra_falls_back_to_file_names_in_one_line(cl
     outcome = cli("grid", swatches, "-o", tmp_path / "s.png", "--use-clip")
     assert outcome.code == 0, outcome.log
     assert outcome.log.count("the clip extra is not installed") == 1
+
+
+def test_a_background_colour_and_a_legend_saying_what_the_labels_show(cli, swatches, tmp_path) -> None:
+    need_pyvips()
+    out = tmp_path / "sheet.png"
+    outcome = cli("grid", swatches, "-o", out, "--cell", "32", "--background", "#102030", "--legend")
+
+    assert outcome.code == 0, outcome.log
+    with Image.open(out) as sheet:
+        assert sheet.getpixel((1, 1)) == (16, 32, 48)
+        legend = sheet.convert("L").crop((8, 8, sheet.width - 8, 8 + 14))
+        assert legend.getextrema()[1] - legend.getextrema()[0] > 50  # "12 images; labels: 12 file name"
+    refused = cli("grid", swatches, "-o", out, "--background", "not-a-colour")
+    assert refused.code == 2 and "--background" in refused.err
+
+
+def test_a_sheet_is_not_written_where_a_watcher_would_take_it_for_a_new_image(cli, swatches, tmp_path, monkeypatch):
+    need_pyvips()
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    monkeypatch.setenv("ANALYZER_ROOTS", str(watched))
+    refused = cli("grid", swatches, "-o", watched / "sheet.png")
+    assert refused.code == 2 and "configured as a root" in refused.err
+    hidden = cli("grid", swatches, "-o", watched / ".sheets" / "sheet.png", "--cell", "32")
+    assert hidden.code == 0, hidden.log

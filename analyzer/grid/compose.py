@@ -1,7 +1,8 @@
 """Writing a sheet a band at a time: memory holds one row of cells, however large the sheet.
 
 Pillow draws each band (a row of cells with their labels); the bands are streamed, as the rows of
-an uncompressed PNG, into libvips (pyvips), which encodes PNG, JPEG or WebP while they arrive.
+an uncompressed PNG, through a pipe into libvips (pyvips), which encodes PNG, JPEG or WebP while
+they arrive.
 The file is written under a temporary name and renamed when whole; a band that fails to draw
 stops the stream, and libvips is told to fail on a truncated input (else it would pad the image
 and report success), so no partial sheet is ever left at OUT.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,8 @@ def pyvips_module() -> Any:
     """pyvips, or a ConfigError saying how to install it (the ``grid`` extra)."""
     try:
         import pyvips
+
+        pyvips.cache_set_max(0)  # no operation cache: nothing of a finished sheet is kept
     except (ImportError, OSError) as exc:  # OSError: the package is there but libvips is not
         raise ConfigError(
             f"analyzer grid needs pyvips and libvips ({exc}): pip install 'analyzer[grid]' "
@@ -77,39 +81,46 @@ def png_stream(width: int, height: int, bands: Iterator[Image.Image]) -> Iterato
 
 def write_page(page: Sheet, draw_band: Callable[[Sheet, int], Image.Image], out: Path, quality: int = 90) -> None:
     """Draw ``page`` band by band (``draw_band(page, row)``, each the full width, the height of
-    :meth:`Sheet.band`) into ``out`` (.png, .jpg or .webp), atomically."""
+    :meth:`Sheet.band`) into ``out`` (.png, .jpg or .webp), atomically.
+
+    The bands are drawn in a thread of ours and written into a pipe that libvips reads as a file
+    (no Python called from libvips' threads); a failure while drawing closes the pipe early, and
+    libvips, told to fail on a truncated image, stops: the error raised is the drawing's."""
     pyvips = pyvips_module()
     fmt = format_of(out)
     failure: list[BaseException] = []
     stream = png_stream(page.width, page.height, (draw_band(page, row) for row in range(max(page.rows, 1))))
-    pending = bytearray()
+    read_fd, write_fd = os.pipe()
 
-    def on_read(size: int) -> bytes:
+    def feed() -> None:
         try:
-            while len(pending) < size:
-                pending.extend(next(stream))
-        except StopIteration:
-            pass
+            with os.fdopen(write_fd, "wb") as pipe:
+                for chunk in stream:
+                    pipe.write(chunk)
+        except BrokenPipeError:
+            pass  # libvips stopped reading: it says why
         except BaseException as exc:
             failure.append(exc)
-            return b""
-        data = bytes(pending[:size])
-        del pending[:size]
-        return data
 
-    source = pyvips.SourceCustom()
-    source.on_read(on_read)
-    tmp = temp_path(out)
+    feeder = threading.Thread(target=feed, name="grid-bands", daemon=True)
+    feeder.start()
+    tmp = temp_path(out) + out.suffix
     options: dict[str, Any] = {"Q": quality} if fmt in ("jpeg", "webp") else {"compression": 6}
     try:
-        sheet = pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated")
-        sheet.write_to_file(tmp + out.suffix, **options)
+        try:
+            source = pyvips.Source.new_from_descriptor(read_fd)
+            sheet = pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated")
+            sheet.write_to_file(tmp, **options)
+        finally:
+            sheet = source = None  # libvips lets go of the pipe: a feeder still writing gets EPIPE
+            os.close(read_fd)
+            feeder.join()
         if failure:
             raise failure[0]
-        os.replace(tmp + out.suffix, out)
+        os.replace(tmp, out)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp + out.suffix)
-        if failure and not isinstance(exc, type(failure[0])):
+            os.unlink(tmp)
+        if failure and exc is not failure[0]:
             raise failure[0] from exc
         raise

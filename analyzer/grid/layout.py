@@ -167,9 +167,9 @@ def fitted(image_w: int, image_h: int, box_w: int, box_h: int, fit: str = "fit")
     return w, h, Box(0, 0, w, h)
 
 
-def with_title(spec: Spec, title: str | None, line_height: int | None = None) -> Spec:
-    """``spec`` with room for a title line on top, when there is a title."""
-    return replace(spec, title_height=(line_height or spec.line_height) + spec.gap) if title else spec
+def with_title(spec: Spec, title: str | None, lines: int = 1) -> Spec:
+    """``spec`` with room for ``lines`` lines of title on top (a title, then a legend), when there is a title."""
+    return replace(spec, title_height=lines * spec.line_height + spec.gap) if title else spec
 
 
 def comparison_sheet(

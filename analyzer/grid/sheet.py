@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = (255, 255, 255)
 PLACEHOLDER = (200, 200, 200)
 """The fill of a cell whose image cannot be read."""
 MISSING_FILL = (238, 238, 238)
@@ -67,6 +67,9 @@ class GridOptions:
     y: str | None = None
     z: str | None = None
     auto_axes: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)
+    legend: bool = False
+    """A line under the title saying what the labels (or axes) show."""
     batch_format: str = "png"
     """``--batch``: the sheets' format (``png``, ``jpg``, ``webp``); ``out`` is then a folder."""
 
@@ -151,10 +154,11 @@ def make_grid(
     True when the sheet of these cells is drawn already: nothing is written."""
     fmt = format_of(options.out)
     out = options.out.absolute()
-    roots = [target.root for target in resolve_targets(settings, paths, files=False)]
-    for root in roots:
+    drawn = [target.root for target in resolve_targets(settings, paths, files=False)]
+    watched = [root.expanduser().absolute() for root in settings.roots]  # what `analyzer watch` would analyse
+    for root, what in [*((r, "being drawn") for r in drawn), *((r, "configured as a root") for r in watched)]:
         if out.is_relative_to(root) and not any(part.startswith(".") for part in out.relative_to(root).parts[:-1]):
-            raise ConfigError(f"-o {options.out} is inside the folder {root} being drawn: put it elsewhere")
+            raise ConfigError(f"-o {options.out} is inside the folder {root} {what}: put it elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     found: dict[Path, list[Seen]] = {}
     stores = surveyed(
@@ -166,7 +170,9 @@ def make_grid(
             return GridResult([], cells, skipped=True)
         if options.comparison:
             return _comparison(cells, options, fmt, settings.max_image_pixels, stores)
-        spec = with_title(options.spec, options.title)
+        legend = _legend(options, cells) if options.legend else None
+        lines = bool(options.title) + bool(legend)
+        spec = with_title(options.spec, "title" if lines else None, lines)
         if options.label == "none":
             spec = replace(spec, label_lines=0)
         pages = contact_sheet(
@@ -181,6 +187,7 @@ def make_grid(
         names = page_names(options.out, len(pages))
         result = GridResult(names, cells)
         painter = _Painter(cells, spec, options, settings.max_image_pixels, stores)
+        painter.legend_text = legend
         for page, name in zip(pages, names, strict=True):
             write_page(page, painter.band, name, options.quality)
         result.thumbnails_made = painter.made
@@ -266,10 +273,17 @@ class _Painter:
             if size
             else {}
         )
-        self.labels = Labeller(spec.cell_w, spec.label_lines, spec.line_height) if spec.label_lines else None
-        self.title = Labeller(10_000, 1, spec.line_height) if spec.title_height else None
+        red, green, blue = options.background
+        self.ink = "#ffffff" if 0.299 * red + 0.587 * green + 0.114 * blue < 128 else "#000000"
+        """Text in white on a dark background, else black."""
+        ink = self.ink
+        self.labels = (
+            Labeller(spec.cell_w, spec.label_lines, spec.line_height, colour=ink) if spec.label_lines else None
+        )
+        self.title = Labeller(10_000, 1, spec.line_height, colour=ink) if spec.title_height else None
         self.unreadable: list[str] = []
         self.title_text = options.title
+        self.legend_text: str | None = None
         self.axes: tuple[Any, Any] | None = None
         """A comparison grid's (X axis, Y axis or None): their values head the columns and rows."""
         self._headers: dict[int, Labeller] = {}
@@ -307,10 +321,11 @@ class _Painter:
         from PIL import Image
 
         top, height = page.band(row)
-        band = Image.new("RGB", (page.width, height), BACKGROUND)
-        if row == 0 and self.title is not None and self.title_text:
-            title = self.title.render(self.title_text)
-            band.paste(title, (self.spec.margin, self.spec.margin), title)
+        band = Image.new("RGB", (page.width, height), self.options.background)
+        if row == 0 and self.title is not None:
+            for n, text in enumerate(t for t in (self.title_text, self.legend_text) if t):
+                drawn = self.title.render(text)
+                band.paste(drawn, (self.spec.margin, self.spec.margin + n * self.spec.line_height), drawn)
         self._draw_headers(band, page, row, top)
         first = row * page.cols
         for i in range(first, min(first + page.cols, page.count)):
@@ -348,7 +363,7 @@ class _Painter:
 
     def _header(self, width: int) -> Labeller:
         if width not in self._headers:
-            self._headers[width] = Labeller(width, 2, self.spec.line_height)
+            self._headers[width] = Labeller(width, 2, self.spec.line_height, colour=self.ink)
         return self._headers[width]
 
     def _draw_headers(self, band: Image.Image, page: Sheet, row: int, top: int) -> None:
@@ -455,7 +470,7 @@ def _comparison(
         return (*(normal(cell.values.get(selector_of(n).text, MISSING))[0] for n in within), cell.rel)
 
     z_values = z_axis.values if z_axis else (((0,), ""),)
-    spec = with_title(options.spec, options.title or "x")
+    spec = with_title(options.spec, options.title or "x", 2 if options.legend else 1)
     if options.label == "none":
         spec = replace(spec, label_lines=0)
     header = spec.line_height * 2 + spec.gap
@@ -486,6 +501,10 @@ def _comparison(
     for page, out, title in pages:
         painter.axes = (x_axis, y_axis)
         painter.title_text = title
+        if options.legend:
+            in_cell = ", ".join(within) or "file name"
+            painter.legend_text = f"columns: {x_axis.name}" + (f" · rows: {y_axis.name}" if y_axis else "")
+            painter.legend_text += f" · in a cell: {in_cell}"
         write_page(page, painter.band, out, options.quality)
         result.pages.append(out)
     result.cells = [c for c in painter_cells if c.kind == "image"]
@@ -543,3 +562,19 @@ def make_batch(
             atomic_write_bytes(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
         drawn.append((folder, result))
     return drawn
+
+
+def _legend(options: GridOptions, cells: Sequence[Cell]) -> str:
+    """What a contact sheet's labels show, for the line under its title."""
+    sources = Counter(cell.source for cell in cells)
+    parts = []
+    if sources["csv"]:
+        columns = ", ".join(options.label_columns) or "its columns"
+        parts.append(f"{sources['csv']:,} from {options.csv.name if options.csv else 'the CSV'} ({columns})")
+    if sources["template"]:
+        parts.append(f"{sources['template']:,} {options.label}")
+    if sources["file_name"]:
+        parts.append(f"{sources['file_name']:,} file name")
+    if options.label == "none":
+        return f"{len(cells):,} images"
+    return f"{len(cells):,} images; labels: " + "; ".join(parts)

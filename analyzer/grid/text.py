@@ -50,8 +50,8 @@ def clean_label(text: str) -> str:
 
 
 class Labeller:
-    """Draws labels of one size: ``width`` x (``lines`` x ``line_height``) pixels, black on
-    transparent (RGBA), kept in a small cache (axis headers and repeated labels are drawn once)."""
+    """Draws labels of one size: ``width`` x (``lines`` x ``line_height``) pixels, ``colour`` (#rrggbb)
+    on transparent (RGBA), kept in a small cache (axis headers and repeated labels are drawn once)."""
 
     def __init__(
         self,
@@ -62,6 +62,7 @@ class Labeller:
         families: str = FAMILIES,
         font_files: Sequence[Path] = (),
         cache: int = 512,
+        colour: str = "#000000",
     ) -> None:
         self.pyvips = pyvips_module()
         self.width = max(1, width)
@@ -70,6 +71,7 @@ class Labeller:
         self.max_height = self.lines * line_height
         self.font = f"{families} {max(6, round(line_height * 0.72))}px"
         self.font_files = [str(p) for p in font_files]
+        self.colour = colour
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_size = cache
 
@@ -111,7 +113,8 @@ class Labeller:
         options["spacing"] = max(0, self.line_height - round(self.line_height * 0.72 * 1.2))
         if self.font_files:
             options["fontfile"] = self.font_files[0]
-        drawn = self.pyvips.Image.text(html.escape(text, quote=False), **options)
+        markup = f'<span foreground="{self.colour}">{html.escape(text, quote=False)}</span>'
+        drawn = self.pyvips.Image.text(markup, **options)
         if drawn.bands != 4:
             drawn = drawn.bandjoin(255) if drawn.bands == 3 else drawn.colourspace("srgb").bandjoin(drawn)
         data = drawn.write_to_memory()
