@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS sidecars(
     done TEXT, retry TEXT, failed TEXT, wild TEXT, ctx TEXT, sel TEXT,
     PRIMARY KEY(dir, name, plugin)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results(
-    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, hash TEXT, data BLOB NOT NULL,
+    dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, hash TEXT, data TEXT NOT NULL,
     PRIMARY KEY(dir, name, plugin));
 CREATE TABLE IF NOT EXISTS claims(
     dir TEXT NOT NULL, name TEXT NOT NULL, plugin TEXT NOT NULL, owner TEXT NOT NULL,
@@ -67,7 +67,7 @@ class SidecarRow:
     """``"mode\tmodel"`` -> digest of the context (other results) that result was made from."""
     sel: dict[str, str] | None = None
     """selector text -> digest of its value in this sidecar, for the selectors other plugins read."""
-    results: bytes | None = None
+    results: str | None = None
     """The sidecar's results as JSON, ``{mode: {model: {"result", "created_at"}}}`` (written to the
     index, not read back by :meth:`Index.load_dir`: :meth:`Index.results_in` reads them)."""
 
@@ -269,10 +269,10 @@ class Index:
             ).fetchall()
         return [f"{d}/{n}" if d else n for d, n in rows]
 
-    def results_in(self, rel_dir: str, plugins: Sequence[str]) -> dict[str, dict[str, tuple[str | None, bytes]]]:
+    def results_in(self, rel_dir: str, plugins: Sequence[str]) -> dict[str, dict[str, tuple[str | None, str]]]:
         """The stored results of a folder's sidecars of ``plugins``: name -> plugin -> (the hash of
         the content they describe, their JSON, see :attr:`SidecarRow.results`)."""
-        found: dict[str, dict[str, tuple[str | None, bytes]]] = {}
+        found: dict[str, dict[str, tuple[str | None, str]]] = {}
         if not plugins:
             return found
         marks = ",".join("?" * len(plugins))

@@ -114,9 +114,10 @@ class Digester:
         )
 
 
-def results_json(analysis: Mapping[str, Any]) -> bytes | None:
+def results_json(analysis: Mapping[str, Any]) -> str | None:
     """A sidecar's results as the index keeps them: each stored entry's ``result`` and
-    ``created_at`` (what a selector reads and chooses by), by mode and model; None when there are none."""
+    ``created_at`` (what a selector reads and chooses by), by mode and model; None when there are
+    none. Text, not orjson's bytes, which keep a 4 KB buffer each while a row waits to be written."""
     kept = {
         mode: {
             model: {"result": entry["result"], "created_at": entry.get("created_at")}
@@ -127,7 +128,7 @@ def results_json(analysis: Mapping[str, Any]) -> bytes | None:
         if isinstance(by_model, Mapping)
     }
     kept = {mode: by_model for mode, by_model in kept.items() if by_model}
-    return orjson.dumps(kept, option=orjson.OPT_NON_STR_KEYS) if kept else None
+    return orjson.dumps(kept, option=orjson.OPT_NON_STR_KEYS).decode() if kept else None
 
 
 def _value(sel: Selector, analysis: Mapping[str, Any], preferred: Mapping[str, Mapping[str, Sequence[str]]]) -> Any:
