@@ -449,19 +449,21 @@ def test_a_caption_left_empty_by_a_power_cut_is_written_again(cli, photos, tmp_p
     assert caption.read_text() == "tok, red\n"
 
 
-def test_an_export_reads_the_results_from_the_index_not_from_each_sidecar(cli, photos, tmp_path, monkeypatch):
-    import sqlite3
-
+@pytest.fixture
+def sidecar_reads(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """The sidecar files read from now on (every read goes through ``read_sidecar_with_stat``)."""
     from analyzer import store
 
     reads: list[str] = []
     real = store.read_sidecar_with_stat
+    monkeypatch.setattr(store, "read_sidecar_with_stat", lambda path: reads.append(str(path)) or real(path))
+    return reads
 
-    def counting(path):  # type: ignore[no-untyped-def]
-        reads.append(str(path))
-        return real(path)
 
-    monkeypatch.setattr(store, "read_sidecar_with_stat", counting)
+def test_an_export_reads_the_results_from_the_index_not_from_each_sidecar(cli, photos, tmp_path, sidecar_reads):
+    import sqlite3
+
+    reads = sidecar_reads
     first = cli("export", photos, "--to", tmp_path / "a", "--layout", "classes", "--class", "classify.colours")
     assert first.code == 0, first.log
     assert reads == []  # the walk found every sidecar as indexed, and the index holds their results
@@ -477,13 +479,10 @@ def test_an_export_reads_the_results_from_the_index_not_from_each_sidecar(cli, p
     assert (tmp_path / "a" / "labels.jsonl").read_text() == (tmp_path / "b" / "labels.jsonl").read_text()
 
 
-def test_an_ad_hoc_label_set_does_not_make_the_next_command_read_every_sidecar_again(cli, photos, monkeypatch):
-    from analyzer import store
-
+def test_an_ad_hoc_label_set_does_not_make_the_next_command_read_every_sidecar_again(cli, photos, sidecar_reads):
     assert cli("classify", photos, "--labels", "cat,dog", "--name", "pets").code == 0
-    reads: list[str] = []
-    real = store.read_sidecar_with_stat
-    monkeypatch.setattr(store, "read_sidecar_with_stat", lambda path: reads.append(str(path)) or real(path))
+    sidecar_reads.clear()
+    reads = sidecar_reads
 
     outcome = cli("export", photos, "--to", photos.parent / "out", "--layout", "classes", "--class", "classify.pets")
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import html
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .compose import pyvips_module
@@ -60,7 +58,6 @@ class Labeller:
         line_height: int = 14,
         *,
         families: str = FAMILIES,
-        font_files: Sequence[Path] = (),
         cache: int = 512,
         colour: str = "#000000",
     ) -> None:
@@ -70,7 +67,6 @@ class Labeller:
         self.line_height = line_height
         self.max_height = self.lines * line_height
         self.font = f"{families} {max(6, round(line_height * 0.72))}px"
-        self.font_files = [str(p) for p in font_files]
         self.colour = colour
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_size = cache
@@ -111,8 +107,6 @@ class Labeller:
         options: dict[str, object] = {"font": self.font, "width": self.width, "wrap": "word-char", "dpi": 72}
         options["rgba"] = True
         options["spacing"] = max(0, self.line_height - round(self.line_height * 0.72 * 1.2))
-        if self.font_files:
-            options["fontfile"] = self.font_files[0]
         markup = f'<span foreground="{self.colour}">{html.escape(text, quote=False)}</span>'
         drawn = self.pyvips.Image.text(markup, **options)
         if drawn.bands != 4:

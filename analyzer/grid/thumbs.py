@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,18 +106,6 @@ class ThumbCache:
             raise
         self.made += 1
         return dst
-
-    def many(self, images: Iterable[tuple[Path, str]], workers: int = 2, ahead: int = 64) -> Iterator[Thumb]:
-        """The thumbnails of ``(source, content hash)`` pairs, in their order, made ``workers`` at a
-        time (Pillow decodes without the GIL), at most ``ahead`` in flight: memory stays flat."""
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="thumbs") as pool:
-            pending: list[Future[Thumb]] = []
-            for source, content_hash in images:
-                pending.append(pool.submit(self.get, source, content_hash))
-                if len(pending) >= ahead:
-                    yield pending.pop(0).result()
-            for future in pending:
-                yield future.result()
 
 
 def load_tile(thumb: Path | None, source: Path, box: tuple[int, int], fit: str, max_pixels: int) -> Image.Image:
