@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import orjson
+
 from .discovery import Stat
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def _keys(text: str | None) -> frozenset[str]:
 
 
 def _json_map(text: str | None) -> dict[str, str] | None:
-    return json.loads(text) if text else None
+    return orjson.loads(text) if text else None
 
 
 def _json_text(value: dict[str, str] | None) -> str | None:
@@ -269,19 +271,24 @@ class Index:
             ).fetchall()
         return [f"{d}/{n}" if d else n for d, n in rows]
 
-    def results_in(self, rel_dir: str, plugins: Sequence[str]) -> dict[str, dict[str, tuple[str | None, str]]]:
-        """The stored results of a folder's sidecars of ``plugins``: name -> plugin -> (the hash of
-        the content they describe, their JSON, see :attr:`SidecarRow.results`)."""
+    def results_in(
+        self, rel_dir: str, plugins: Sequence[str], names: Sequence[str] | None = None
+    ) -> dict[str, dict[str, tuple[str | None, str]]]:
+        """The stored results of a folder's sidecars of ``plugins`` (of the images ``names`` only,
+        if given): name -> plugin -> (the hash of the content they describe, their JSON, see
+        :attr:`SidecarRow.results`)."""
         found: dict[str, dict[str, tuple[str | None, str]]] = {}
-        if not plugins:
+        if not plugins or (names is not None and not names):
             return found
         marks = ",".join("?" * len(plugins))
+        query = f"SELECT name, plugin, hash, data FROM results WHERE dir=? AND plugin IN ({marks})"
+        args = [rel_dir, *plugins]
+        if names is not None:
+            query += f" AND name IN ({','.join('?' * len(names))})"
+            args += names
         with self._lock:
             self._flush_locked()
-            rows = self._db.execute(
-                f"SELECT name, plugin, hash, data FROM results WHERE dir=? AND plugin IN ({marks})",
-                [rel_dir, *plugins],
-            ).fetchall()
+            rows = self._db.execute(query, args).fetchall()
         for name, plugin, hash_, data in rows:
             found.setdefault(name, {})[plugin] = (hash_, data)
         return found

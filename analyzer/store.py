@@ -139,6 +139,10 @@ def _value(sel: Selector, analysis: Mapping[str, Any], preferred: Mapping[str, M
     return found.value if found is not None else MISSING
 
 
+FEW_BY_NAME = 200
+"""Up to this many of a folder's images, :meth:`Store.values_in` asks the index for them by name
+(else for the whole folder's)."""
+
 Preferred = dict[str, dict[str, tuple[str, ...]]]
 """plugin -> mode -> the model ids it is configured with now, in its order."""
 
@@ -540,7 +544,8 @@ class Store:
         no results for from one of the selectors' plugins (no such sidecar, or not indexed):
         :meth:`values` reads its sidecars and says which results failed."""
         plugins = sorted({sel.plugin for sel in selectors})
-        stored = self.index.results_in(rel_dir, plugins)
+        few = len(images) <= FEW_BY_NAME  # a few of a folder's images: asked for by name
+        stored = self.index.results_in(rel_dir, plugins, [name for name, _ in images] if few else None)
         out: list[dict[str, Any] | None] = []
         for name, image_hash in images:
             found = stored.get(name, {})

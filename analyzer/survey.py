@@ -6,9 +6,10 @@ never read an image nor call a plugin, and never move a sidecar (a corrupt one i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,15 @@ class Seen:
     """Its content hash; None when it changed since it was last hashed (its results, if any,
     describe other content)."""
     size: int
+    sidecars: int | None = None
+    """A fingerprint of its sidecars as the walk found them (each one's plugin, size and mtime):
+    the same while none of them changed (an export reuses what it read from them last time)."""
+
+
+def sidecars_fingerprint(rows: Mapping[str, SidecarRow | None]) -> int | None:
+    """:attr:`Seen.sidecars` of an image whose sidecars' index rows are ``rows``."""
+    text = ";".join(f"{name}:{row.stat[0]}:{row.stat[1]}" for name, row in sorted(rows.items()) if row is not None)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest()) if text else None
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def _survey(
 
     def tally(store: Store, rel: str, rows: dict[str, SidecarRow | None], image_hash: str | None, stat: Stat) -> None:
         if seen is not None:
-            seen(store, Seen(rel, image_hash, stat[0]))
+            seen(store, Seen(rel, image_hash, stat[0], sidecars_fingerprint(rows)))
         if counts is not None:
             planner.tally(rows, counts)
         if failures is not None:

@@ -317,7 +317,7 @@ def change_some(root: Path, state: State, state_file: Path, cwd: Path) -> int:
 def manifest_entries(out: Path) -> dict[str, dict[str, Any]]:
     """OUT's manifest: path in OUT -> entry (src, hash, split, label, ...)."""
     header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    assert json.loads(header)["version"] == 2, "a manifest of another version"
+    assert json.loads(header)["version"] in (2, 3), "a manifest of another version"
     return {record.pop("path"): record for record in map(json.loads, lines)}
 
 

@@ -44,7 +44,7 @@ def photos(tmp_path: Path, cli) -> Path:  # type: ignore[no-untyped-def]
 def manifest_files(out: Path) -> dict[str, dict]:
     """The dataset's manifest: a header line, then one line per file in OUT (path, src, hash, split...)."""
     header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text().splitlines()
-    assert json.loads(header)["version"] == 2
+    assert json.loads(header)["version"] == 3
     return {record.pop("path"): record for record in map(json.loads, lines)}
 
 
@@ -424,29 +424,52 @@ def test_refined_classes_with_hand_given_labels_winning(cli, photos, tmp_path):
     assert (out / "green" / "green-0.png").is_file() and (out / "red" / "red-0.png").is_file()
 
 
+def kohya_export(cli, photos: Path, out: Path, caption: str):  # type: ignore[no-untyped-def]
+    """Export the photos for kohya into OUT, with this caption."""
+    outcome = cli(
+        "export", photos, "--to", out, "--layout", "kohya", "--class", "classify.colours", "--caption", caption
+    )
+    assert outcome.code == 0, outcome.log
+    return outcome
+
+
 def test_a_caption_left_empty_by_a_power_cut_is_written_again(cli, photos, tmp_path):
     out = tmp_path / "kohya"
-    ask = (
-        "export",
-        photos,
-        "--to",
-        out,
-        "--layout",
-        "kohya",
-        "--class",
-        "classify.colours",
-        "--caption",
-        "tok, {classify.colours}",
-    )
-    assert cli(*ask).code == 0
+    kohya_export(cli, photos, out, "tok, {classify.colours}")
     caption = out / "1_red" / "red-0.txt"
-    caption.write_bytes(b"")  # what a crash before the data reached the disk can leave
+    caption.write_bytes(b"")  # what a power cut before the data reached the disk can leave...
+    restarted_since(out)  # ...and the machine restarted after it
 
-    again = cli(*ask)
+    again = kohya_export(cli, photos, out, "tok, {classify.colours}")
 
-    assert again.code == 0, again.log
     assert "1 captions to rewrite" in again.out
     assert caption.read_text() == "tok, red\n"
+
+
+def restarted_since(out: Path) -> None:
+    """Make the export's manifest say it finished before this machine last started."""
+    path = out / ".analyzer-export" / "manifest.jsonl"
+    header, rest = path.read_bytes().split(b"\n", 1)
+    head = json.loads(header)
+    head["finished"] = 0.0
+    path.write_bytes(json.dumps(head).encode() + b"\n" + rest)
+
+
+def test_a_re_export_trusts_its_manifest_for_sizes_until_the_machine_restarts(cli, photos, tmp_path):
+    """Kept files are looked for by listing their folders, not stat'ed one by one (a caption that
+    changed size without a restart was edited by hand: the export leaves it); a deleted one is
+    always put back."""
+    out = tmp_path / "kohya"
+    kohya_export(cli, photos, out, "{classify.colours}")
+    edited, deleted = out / "1_red" / "red-0.txt", out / "1_red" / "red-1.txt"
+    edited.write_text("red, my own words\n")
+    deleted.unlink()
+
+    again = kohya_export(cli, photos, out, "{classify.colours}")
+
+    assert "1 captions to rewrite" in again.out
+    assert deleted.read_text() == "red\n"
+    assert edited.read_text() == "red, my own words\n"
 
 
 @pytest.fixture
@@ -488,3 +511,46 @@ def test_an_ad_hoc_label_set_does_not_make_the_next_command_read_every_sidecar_a
 
     assert outcome.code == 0, outcome.log
     assert reads == []  # the classify command indexed what it wrote, under the same reading rules
+
+
+@pytest.fixture
+def results_asked(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """The images whose results are asked of the index from now on (folder-wide asks count every image)."""
+    from analyzer.store import Store
+
+    asked: list[str] = []
+    real = Store.values_in
+
+    def values_in(self, rel_dir, images, selectors, preferred):  # type: ignore[no-untyped-def]
+        asked.extend(name for name, _ in images)
+        return real(self, rel_dir, images, selectors, preferred)
+
+    monkeypatch.setattr(Store, "values_in", values_in)
+    return asked
+
+
+def test_a_re_export_reads_again_only_the_images_whose_sidecars_changed(cli, photos, tmp_path, results_asked):
+    out = tmp_path / "dataset"
+    ask = ("export", photos, "--to", out, "--class", "classify.colours", "--caption", "a {classify.colours} photo")
+    assert cli(*ask).code == 0
+    assert len(results_asked) == 20
+    before = {json.loads(line)["source"]: line for line in (out / "labels.jsonl").read_text().splitlines()}
+
+    results_asked.clear()
+    assert cli(*ask).code == 0
+    assert results_asked == []  # nothing changed: every image as the manifest says it was read
+
+    assert cli("label", "set", photos / "red-0.png", "blue", "--set", "colours").code == 0
+    results_asked.clear()
+    again = cli(*ask)
+
+    assert again.code == 0, again.log
+    assert results_asked == ["red-0.png"]
+    (red0,) = [path for path, entry in manifest_files(out).items() if entry["src"].endswith("red-0.png")]
+    assert red0.split("/")[1] == "blue" and (out / red0).with_suffix(".txt").read_text() == "a blue photo\n"
+    after = {json.loads(line)["source"]: line for line in (out / "labels.jsonl").read_text().splitlines()}
+    assert {source for source in after if after[source] != before[source]} == {str(photos / "red-0.png")}
+
+    results_asked.clear()  # read another way (another caption): every image is read again
+    assert cli(*ask[:-1], "{classify.colours}").code == 0
+    assert sorted(results_asked) == sorted(p.name for p in photos.glob("*.png"))

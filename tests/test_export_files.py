@@ -27,6 +27,7 @@ from analyzer.export.files import (
     folder_name,
     place,
     transform,
+    write_small,
 )
 from analyzer.hashing import hash_file
 
@@ -352,6 +353,32 @@ def test_a_full_disk_leaves_the_old_destination_and_no_temporary_file(
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(dst)
     assert dst.read_bytes() == b"old export"
     assert os.listdir(dst.parent) == ["cat.png"]
+
+
+def test_a_caption_is_written_in_place_when_new_and_renamed_over_the_old_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new, old = tmp_path / "dataset" / "cat.txt", tmp_path / "dataset" / "dog.txt"
+    write_small(new, b"a cat\n")  # its folder made on the way
+    old.write_bytes(b"an old dog\n")
+    write_small(old, b"a dog\n")
+    assert new.read_bytes() == b"a cat\n" and old.read_bytes() == b"a dog\n"
+    assert sorted(os.listdir(new.parent)) == ["cat.txt", "dog.txt"]  # no temporary file left
+
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real_write(fd, data[:2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    for dst in (tmp_path / "dataset" / "bird.txt", old):
+        with pytest.raises(OSError) as caught:
+            write_small(dst, b"half of it never fits\n")
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(dst)
+    monkeypatch.undo()
+    assert old.read_bytes() == b"a dog\n"  # the old caption, whole; and nothing half-written
+    assert sorted(os.listdir(new.parent)) == ["cat.txt", "dog.txt"]
 
 
 @pytest.fixture

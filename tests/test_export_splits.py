@@ -167,6 +167,27 @@ def test_adding_images_moves_no_earlier_image_given_the_previous_splits() -> Non
         assert all(abs(counts[s] - total * r) < 1 for s, r in SplitRatios().as_dict().items()), (cls, counts)
 
 
+def test_a_re_export_looks_only_for_look_alikes_of_its_new_images_and_finds_each_one() -> None:
+    """Given which images are fresh (not in the manifest), only their pairs are looked for, each
+    new vector against all: every new look-alike joins its earlier image, as in a search of all."""
+    earlier, earlier_classes, earlier_vectors, added, added_classes, added_vectors = earlier_and_added()
+    before, _ = assign_splits(earlier, earlier_classes, duplicate_groups(earlier, earlier_vectors), seed=1)
+    manifest = dict(zip(earlier, before, strict=True))
+    hashes, classes = earlier + added, earlier_classes + added_classes
+    vectors = np.concatenate([earlier_vectors, added_vectors])
+
+    fresh = duplicate_groups(hashes, vectors, fresh=[h not in manifest for h in hashes])
+    full = duplicate_groups(hashes, vectors)
+
+    assert all(fresh[2000 + n] == full[2000 + n] for n in range(200))  # each new image's group key
+    joined = {n for n in range(2000) if fresh[n] != earlier[n]}  # earlier images a new one joined
+    assert len(joined) >= 30 and all(fresh[n] in fresh[2000:] for n in joined)
+    after, drift = assign_splits(hashes, classes, fresh, seed=1, previous=manifest)
+    assert after[:2000] == before and drift.moved == 0
+    for n in range(30):
+        assert after[2000 + n] == after[fresh.index(fresh[2000 + n])]
+
+
 def test_without_previous_splits_only_merged_groups_can_move_when_each_group_is_placed_alone() -> None:
     earlier, earlier_classes, earlier_vectors, added, added_classes, added_vectors = earlier_and_added()
     groups = duplicate_groups(earlier, earlier_vectors)

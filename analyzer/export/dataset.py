@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,8 @@ class Plan:
     """Images left out because the same content is exported already (copies in several places)."""
     left_out: set[str] = field(default_factory=set)
     """Paths not exported after all: the source vanished or could not be decoded."""
+    reading: str | None = None
+    """:func:`reading_digest` of the export (kept in the manifest)."""
 
     @property
     def exported(self) -> list[Wish]:
@@ -199,6 +201,8 @@ def plan_export(
         caption=options.caption,
         where=tuple(Condition.parse(text) for text in options.where),
     )
+    manifest = Manifest.load(options.to)
+    reading = reading_digest(options, preferred)
     items, missing, skipped = read_items(
         stores,
         wanted,
@@ -207,19 +211,63 @@ def plan_export(
         min_confidence=options.min_confidence,
         below=options.below,
         unsure=UNSURE,
+        reuse=_reuse(manifest) if manifest.reading == reading else None,
     )
     if missing:
         raise MissingResults(missing_message(missing, wanted, paths))
-    plan = Plan(skipped=skipped)
+    plan = Plan(skipped=skipped, reading=reading)
     items, plan.duplicates = _once_per_content(items)
     if options.max_per_class is not None:
         items, capped = _cap(items, options.max_per_class, options.seed)
         plan.skipped += capped
-    manifest = Manifest.load(options.to)
     splits, plan.drift = _splits(items, stores, options, manifest)
     plan.wishes = _wishes(items, splits, options)
     _diff(plan, manifest, options)
     return plan, manifest
+
+
+READING_VERSION = 1
+"""Bumped when what an item is made of changes: no manifest's entries are reused across it."""
+
+
+def reading_digest(options: ExportOptions, preferred: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+    """How this export reads each image's class and caption: the selectors, filters and configured
+    models they depend on (an earlier export's items are reused only if it read them the same way)."""
+    recipe = {
+        "version": READING_VERSION,
+        "label": options.label,
+        "caption": options.caption,
+        "where": list(options.where),
+        "min_confidence": options.min_confidence,
+        "below": options.below,
+        "unsure": UNSURE,
+        "preferred": {plugin: {mode: list(ids) for mode, ids in modes.items()} for plugin, modes in preferred.items()},
+    }
+    return hashlib.sha256(orjson.dumps(recipe, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def _reuse(manifest: Manifest) -> Callable[[Path, Seen], Item | None]:
+    """What gives an image's item as the last export read it, when its content and sidecars are as
+    they were then (the manifest says what it read and from which sidecars)."""
+    by_source = {entry.src: entry for entry in manifest.files.values() if entry.sidecars is not None}
+
+    def reuse(root: Path, image: Seen) -> Item | None:
+        entry = by_source.get(os.path.join(root, image.rel))
+        if entry is None or entry.sidecars != image.sidecars or entry.hash != image.hash or image.hash is None:
+            return None
+        return Item(
+            root,
+            image.rel,
+            image.hash,
+            image.size,
+            entry.label,
+            entry.confidence,
+            entry.labels or "[]",
+            entry.text,
+            image.sidecars,
+        )
+
+    return reuse
 
 
 def _once_per_content(items: list[Item]) -> tuple[list[Item], int]:
@@ -255,10 +303,18 @@ def _splits(
 
     ratios = SplitRatios.parse(options.ratios)
     hashes = [item.hash for item in items]
+    previous = manifest.splits()
     vectors, has_vector = _vectors(items, stores, options) if options.near_duplicates > 0 else (None, None)
-    groups = duplicate_groups(hashes, vectors, has_vector, threshold=options.near_duplicates or 1.0, seed=options.seed)
+    groups = duplicate_groups(
+        hashes,
+        vectors,
+        has_vector,
+        threshold=options.near_duplicates or 1.0,
+        seed=options.seed,
+        fresh=[h not in previous for h in hashes] if previous else None,
+    )
     classes = [item.label or "" for item in items]
-    return assign_splits(hashes, classes, groups, ratios, options.seed, previous=manifest.splits())
+    return assign_splits(hashes, classes, groups, ratios, options.seed, previous=previous)
 
 
 def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> tuple[Any, list[bool] | None]:
@@ -313,7 +369,7 @@ def _wishes(items: list[Item], splits: list[str], options: ExportOptions) -> lis
     names = FileNames()
     wishes = []
     for item, split in zip(items, splits, strict=True):
-        name = names.name_for(Path(item.rel).name, item.hash)
+        name = names.name_for(item.rel.rpartition("/")[2], item.hash)
         folder = folders.name(item.label) if item.label is not None else None
         if options.layout == "classes":
             rel = f"{folder}/{name}"
@@ -321,11 +377,17 @@ def _wishes(items: list[Item], splits: list[str], options: ExportOptions) -> lis
             rel = f"{options.repeats}_{folder or folders.name(options.concept)}/{name}"
         else:
             rel = f"{split}/{folder}/{name}" if folder else f"{split}/{name}"
-        caption = None
-        if options.caption is not None:
-            caption = str(Path(rel).with_suffix(options.caption_ext))
+        caption = _with_suffix(rel, options.caption_ext) if options.caption is not None else None
         wishes.append(Wish(item, rel, split, caption))
     return wishes
+
+
+def _with_suffix(rel: str, suffix: str) -> str:
+    """``PurePosixPath(rel).with_suffix(suffix)`` as text, without pathlib's cost, 100,000 times."""
+    head, slash, name = rel.rpartition("/")
+    dot = name.rfind(".")
+    stem = name[:dot] if 0 < dot < len(name) - 1 else name
+    return f"{head}{slash}{stem}{suffix}"
 
 
 def _digest(text: str | None) -> str | None:
@@ -333,23 +395,32 @@ def _digest(text: str | None) -> str | None:
 
 
 def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
-    out = f"{options.to}/"  # paths joined as text: a stat per file, 200,000 of them, without pathlib's cost
+    """Sort the wishes into keep, add, move, captions; and what the manifest has that no wish wants
+    into remove. A kept file must be in its folder (one listing per folder, no stat per file); and
+    with the size it was written with too, unless the manifest can be trusted on that
+    (:attr:`Manifest.trusted`)."""
+    out = f"{options.to}/"  # paths joined as text: without pathlib's cost, 100,000 times
+    there = _Listed(out) if manifest.trusted else None
     recipe = options.recipe()
     wanted_paths = {w.path for w in plan.wishes}
     movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
     for wish in plan.wishes:
         entry = manifest.files.get(wish.path)
-        same = (
-            entry is not None
-            and entry.hash == wish.item.hash
-            and entry.recipe == recipe
-            and _intact(out + wish.path, entry.size)
-        )
-        if same:
+        if entry is not None and entry.hash == wish.item.hash and entry.recipe == recipe:
+            intact = wish.path in there if there is not None else _intact(out + wish.path, entry.size)
+        else:
+            intact = False
+        if intact:
             plan.keep.append(wish)
             assert entry is not None
             stale = entry.caption_digest != _digest(wish.item.caption) or entry.caption != wish.caption_path
-            if stale or (wish.caption_path and not _intact(out + wish.caption_path, len(_caption_bytes(wish)))):
+            if not stale and wish.caption_path:
+                stale = (
+                    wish.caption_path not in there
+                    if there is not None
+                    else not _intact(out + wish.caption_path, len(_caption_bytes(wish)))
+                )
+            if stale:
                 plan.captions.append(wish)
             continue
         old = [
@@ -363,6 +434,26 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
             plan.add.append(wish)
     moved = {old for old, _ in plan.move}
     plan.remove = sorted(p for p in manifest.files if p not in wanted_paths and p not in moved)
+
+
+class _Listed:
+    """Which files are in OUT, from one listing of each folder asked about (names, no stat)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self._folders: dict[str, frozenset[str]] = {}
+
+    def __contains__(self, path: object) -> bool:
+        assert isinstance(path, str)
+        folder, _, name = path.rpartition("/")
+        names = self._folders.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(self.out + folder))
+            except OSError:
+                names = frozenset()
+            self._folders[folder] = names
+        return name in names
 
 
 def _caption_bytes(wish: Wish) -> bytes:
@@ -395,15 +486,35 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
             if wish.caption_path is not None:
                 write_small(out / wish.caption_path, _caption_bytes(wish))
             journal.record(wish.path, _entry(wish, entry.method, options, entry.size))
+        _refresh_kept(plan, manifest, options)
         write_tables(out, plan, options, report)
         _remove_empty_dirs(out, [*plan.remove, *(old for old, _ in plan.move), *plan.left_out])
     except BaseException:
         journal.abandon()
         raise
-    journal.close(_options_record(options))
+    journal.close(_options_record(options), plan.reading)
     if options.zip is not None:
         result.zip_path = write_zip(out, options.zip)
     return result
+
+
+def _refresh_kept(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
+    """A kept file's entry, with what was read for it now (its sidecars' fingerprint, confidence,
+    labels, caption) where that differs: no file changes, so not journaled."""
+    captions = {wish.path for wish in plan.captions}
+    for wish in plan.keep:
+        entry = manifest.files[wish.path]
+        item = wish.item
+        now = (item.sidecars, item.confidence, item.labels, item.caption, item.label, wish.split)
+        if wish.path not in captions and now != (
+            entry.sidecars,
+            entry.confidence,
+            entry.labels,
+            entry.text,
+            entry.label,
+            entry.split,
+        ):
+            manifest.files[wish.path] = _entry(wish, entry.method, options, entry.size, entry.recipe)
 
 
 def _remove_and_move(
@@ -427,44 +538,92 @@ def _remove_and_move(
         result.methods["moved"] += 1
 
 
-def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportResult) -> None:
-    """Place (or make, for --resize/--strip-metadata) each new image; one whose source vanished or
-    cannot be decoded is left out with a warning, the rest goes on."""
-    from .files import HARD_LINK_WARNING, Placer, transform, write_small
+PLACING_THREADS = 4
+"""Images placed at once: links and small writes are system calls that wait on the file system
+(the GIL is free meanwhile), so a few threads overlap them, even on 2 cores."""
 
-    warned = False
+
+def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportResult) -> None:
+    """Place (or make, for --resize/--strip-metadata) each new image and write its caption, a few
+    at a time in threads, journaling each as it is done (in order); one whose source vanished or
+    cannot be decoded is left out with a warning, the rest goes on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .files import HARD_LINK_WARNING, Placer
+
     placer = Placer(options.link)
     recipe = options.recipe()
-    for wish in plan.add:
-        src, dst = wish.item.path, options.to / wish.path
+    batch = 64
+    chunks = [plan.add[start : start + batch] for start in range(0, len(plan.add), batch)]
+    warned = False
+    with ThreadPoolExecutor(PLACING_THREADS, thread_name_prefix="export") as pool:
+        pending = [pool.submit(_place_all, chunk, placer, journal.manifest, options) for chunk in chunks]
         try:
-            if options.resize or options.strip_metadata:
-                strip, most = options.strip_metadata, options.max_pixels
-                transform(src, dst, max_side=options.resize, strip_metadata=strip, max_pixels=most)
-                method = "new"
-            else:
-                method = placer.place(src, dst)
-        except (FileNotFoundError, ImageError) as exc:
-            if isinstance(exc, FileNotFoundError) and src.exists():
-                raise  # the destination's folder, not the source: a real failure
-            log.warning("%s: not exported: %s", src, "gone since it was analysed" if not src.exists() else exc)
-            plan.left_out.add(wish.path)
-            continue
-        if method == "hard" and not warned:
-            warned = True
-            log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, options.to)
-        result.methods[method] += 1
-        earlier = journal.manifest.files.get(wish.path)  # what it replaces, if anything
-        if earlier is not None and earlier.caption and earlier.caption != wish.caption_path:
-            _unlink(options.to / earlier.caption)
-        if wish.caption_path is not None:
-            write_small(options.to / wish.caption_path, _caption_bytes(wish))
-        journal.record(wish.path, _entry(wish, method, options, os.stat(dst).st_size, recipe))
+            for future in pending:
+                done, failure = future.result()
+                for wish, placed in done:
+                    if isinstance(placed, Exception):
+                        src = wish.item.path
+                        why = "gone since it was analysed" if not src.exists() else placed
+                        log.warning("%s: not exported: %s", src, why)
+                        plan.left_out.add(wish.path)
+                        continue
+                    method, size = placed
+                    if method == "hard" and not warned:
+                        warned = True
+                        log.warning("%s (in %s; --link copy avoids it)", HARD_LINK_WARNING, options.to)
+                    result.methods[method] += 1
+                    journal.record(wish.path, _entry(wish, method, options, size, recipe))
+                if failure is not None:
+                    raise failure
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _place_all(
+    wishes: Sequence[Wish], placer: Any, manifest: Manifest, options: ExportOptions
+) -> tuple[list[tuple[Wish, tuple[str, int] | Exception]], BaseException | None]:
+    """Place each image and write its caption (in a worker thread): per image done, (method,
+    size) or why it is left out (a source that vanished or cannot be decoded); and the error that
+    stopped the rest, if one did (what was done before it is journaled all the same)."""
+    done: list[tuple[Wish, tuple[str, int] | Exception]] = []
+    try:
+        for wish in wishes:
+            done.append((wish, _place_one(wish, placer, manifest, options)))
+    except BaseException as exc:
+        return done, exc
+    return done, None
+
+
+def _place_one(wish: Wish, placer: Any, manifest: Manifest, options: ExportOptions) -> tuple[str, int] | Exception:
+    """Place one image and write its caption: (method, size), or why it is left out."""
+    from .files import transform, write_small
+
+    src, dst = wish.item.path, options.to / wish.path
+    try:
+        if options.resize or options.strip_metadata:
+            strip, most = options.strip_metadata, options.max_pixels
+            transform(src, dst, max_side=options.resize, strip_metadata=strip, max_pixels=most)
+            method, size = "new", os.stat(dst).st_size
+        else:
+            method, size = placer.place(src, dst), wish.item.size  # a link or copy: the source's size
+    except (FileNotFoundError, ImageError) as exc:
+        if isinstance(exc, FileNotFoundError) and src.exists():
+            raise  # the destination's folder, not the source: a real failure
+        return exc
+    earlier = manifest.files.get(wish.path)  # what it replaces, if anything
+    if earlier is not None and earlier.caption and earlier.caption != wish.caption_path:
+        _unlink(options.to / earlier.caption)
+    if wish.caption_path is not None:
+        write_small(options.to / wish.caption_path, _caption_bytes(wish))
+    return method, size
 
 
 def _entry(wish: Wish, method: str, options: ExportOptions, size: int, recipe: str | None = None) -> Entry:
     return Entry(
-        src=str(wish.item.path),
+        src=wish.item.source,
         hash=wish.item.hash,
         split=wish.split,
         label=wish.item.label,
@@ -473,6 +632,10 @@ def _entry(wish: Wish, method: str, options: ExportOptions, size: int, recipe: s
         caption=wish.caption_path,
         caption_digest=_digest(wish.item.caption) if wish.caption_path else None,
         recipe=options.recipe() if recipe is None else recipe,
+        sidecars=wish.item.sidecars,
+        confidence=wish.item.confidence,
+        labels=wish.item.labels,
+        text=wish.item.caption,
     )
 
 

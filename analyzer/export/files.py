@@ -322,29 +322,47 @@ def _temp_path(dst: str | Path) -> str:
 
 
 def write_small(dst: Path, data: bytes) -> None:
-    """Write a small file (a caption) under a temporary name and rename it into place, without an
-    fsync of its own: a reader sees the old file or the new, never a mix, and an export checks each
-    kept file's size, so one a power cut left empty is written again by the next export."""
-    tmp = _temp_path(dst)
+    """Write a small file (a caption), without an fsync of its own: where nothing is yet, in place
+    (one ``write``: a new caption is there whole, or empty only if the process is killed between
+    two system calls, and the journal does not list it then: the next export writes it again);
+    else under a temporary name renamed over the old, so a reader sees the old file or the new,
+    never a mix. After a power cut an export checks each kept file's size, so one left empty then
+    is written again too."""
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileNotFoundError:  # its folder is not there yet
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, flags, 0o666)
+            _write_new(dst, data)
+        except FileExistsError:
+            tmp = _temp_path(dst)
+            try:
+                _write_new(tmp, data)
+                os.replace(tmp, dst)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+    except OSError as exc:
+        raise _with_destination(exc, dst) from exc
+
+
+def _write_new(path: str | Path, data: bytes) -> None:
+    """Create ``path`` (and its folder if need be) holding ``data``; FileExistsError if it is there.
+    A failed write removes what it began."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:  # its folder is not there yet
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
-        os.replace(tmp, dst)
-    except BaseException as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _with_destination(exc, dst) from exc
+            os.unlink(path)
         raise
 
 
@@ -569,7 +587,6 @@ class Placer:
         """See :func:`place`."""
         link = self.link
         src, dst = Path(src), Path(dst)
-        src_dev = _source_stat(src).st_dev
         folders = (os.path.dirname(src), os.path.dirname(dst))
         if folders not in self._apart:
             _refuse_source(src, dst)
@@ -577,22 +594,26 @@ class Placer:
                 if not os.path.samefile(*folders):
                     self._apart.add(folders)
         if link == "sym":
+            _source_stat(src)
             _symlink(src, dst)
             return "sym"
         if link in ("auto", "reflink"):
             try:
-                _reflink(src, dst, src_dev, self._device(folders[1], dst))
+                _reflink(src, dst, _source_stat(src).st_dev, self._device(folders[1], dst))
                 return "reflink"
             except LinkNotSupported:
                 if link == "reflink":
                     raise
         if link in ("auto", "hard"):
             try:
-                _hard_link(src, dst)
+                _hard_link(src, dst)  # no stat of the source first: 100,000 of them add up
                 return "hard"
             except LinkNotSupported:
                 if link == "hard":
                     raise
+            except OSError:
+                _source_stat(src)  # a folder, not a file (link() says EPERM): say so
+                raise
         _copy(src, dst)
         return "copy"
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,17 @@ class Item:
     text: a few bytes where a list of dicts would take a few hundred per label, times 100,000 images
     (text, not orjson's bytes: each of those keeps a 4 KB buffer)."""
     caption: str | None = None
+    sidecars: int | None = None
+    """The fingerprint of the sidecars all this was read from (:attr:`analyzer.survey.Seen.sidecars`)."""
 
     @property
     def path(self) -> Path:
         return self.root / self.rel
+
+    @property
+    def source(self) -> str:
+        """:attr:`path` as text (what the manifest records), without pathlib's cost."""
+        return os.path.join(self.root, self.rel)
 
 
 @dataclass
@@ -201,13 +208,16 @@ def read_items(
     min_confidence: float | None = None,
     below: str = "skip",
     unsure: str = "_unsure",
+    reuse: Callable[[Path, Seen], Item | None] | None = None,
 ) -> tuple[list[Item], Missing, int]:
     """Every image (``found``: the images a walk found, per root; else the ones the index knows)
     with what the export needs (blocking): (items, the images missing a result, how many
     ``--where`` or ``--min-confidence`` left out).
 
     The values come from the index's copy of the results, a folder at a time; an image's sidecars
-    are read only where the index has no results for it (and to say why a result is missing)."""
+    are read only where the index has no results for it (and to say why a result is missing).
+    ``reuse(root, image)`` may give an image's item as an earlier export read it (its sidecars
+    unchanged since): then nothing is read for it."""
     selectors = wanted.selectors
     items: list[Item] = []
     missing = Missing()
@@ -219,8 +229,14 @@ def read_items(
             if not image.hash:
                 missing.add("not analysed since it was added or changed", store.root / image.rel)
         hashed = [image for image in ordered if image.hash]
-        pairs = [(image.rel, image.hash) for image in hashed if image.hash]
-        for image, (values, failed) in zip(hashed, store.values_of(pairs, selectors, preferred), strict=True):
+        earlier = [reuse(store.root, image) for image in hashed] if reuse is not None else [None] * len(hashed)
+        pairs = [(image.rel, image.hash) for image, item in zip(hashed, earlier, strict=True) if item is None]
+        read = store.values_of(pairs, selectors, preferred)  # type: ignore[arg-type]  # hashed: str
+        for image, known in zip(hashed, earlier, strict=True):
+            if known is not None:
+                items.append(known)
+                continue
+            values, failed = next(read)
             item = _item(store, image, wanted, values, failed, min_confidence, below, unsure)
             if item is None:
                 left_out += 1
@@ -246,7 +262,7 @@ def _item(
     if not all(c.test(values[c.selector.text]) for c in wanted.where):
         return None
     assert image.hash is not None
-    item = Item(store.root, image.rel, image.hash, image.size)
+    item = Item(store.root, image.rel, image.hash, image.size, sidecars=image.sidecars)
     if wanted.label is not None:
         value = values[wanted.label.text]
         if wanted.manual is not None and values[wanted.manual.text] is not MISSING:

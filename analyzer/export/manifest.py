@@ -1,21 +1,27 @@
 """The manifest of an exported dataset: what each file in OUT is and where it came from.
 
 ``OUT/.analyzer-export/manifest.jsonl`` is rewritten (atomically) at the end of every export: a
-first line ``{"version": 2, "options": {...}}``, then one line per file in OUT, ``{"path": ...,
-"src": ..., "hash": ..., "split": ..., ...}`` (:class:`Entry`), in path order. It is written and
+first line ``{"version": 3, "options": {...}, "reading": ...}``, then one line per file in OUT,
+``{"path": ..., "src": ..., "hash": ..., "split": ..., ...}`` (:class:`Entry`), in path order. It is written and
 read a line at a time, so memory holds the entries, never the whole text or its parse tree (a
 100,000-image manifest is about 40 MB of JSON). While an export runs, each finished file is
 appended to ``journal.jsonl`` beside it, so an interrupted export knows what is done and resumes.
 A second export compares what it wants with the manifest: it adds what is new, moves what
 changed class or split, rewrites changed captions, removes what left, and keeps every earlier
 split assignment.
+
+Each entry also keeps what the export read for its image (class, confidence, labels, caption) and
+a fingerprint of the sidecars it read them from (:attr:`analyzer.survey.Seen.sidecars`), and the
+head a digest of how they were read (``reading``: the selectors, filters and configured models):
+while both are the same, the next export takes them from here instead of reading the store again.
+A version 2 manifest (without them) is read as it is: its images are read again, once.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,7 +34,8 @@ from ..sidecar import atomic_write_lines
 log = logging.getLogger(__name__)
 
 FOLDER = ".analyzer-export"
-VERSION = 2
+VERSION = 3
+READABLE = (2, 3)
 MANIFEST = "manifest.jsonl"
 
 
@@ -49,6 +56,13 @@ class Entry:
     caption_digest: str | None = None
     recipe: str = ""
     """What a new file was made with (``resize=512,strip``): another recipe makes it again."""
+    sidecars: int | None = None
+    """The fingerprint of the sidecars its class and caption were read from (None: not known)."""
+    confidence: float | None = None
+    labels: str | None = None
+    """A classification's ``[{name, score}]`` as JSON text (``labels.jsonl``)."""
+    text: str | None = None
+    """The caption's text."""
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELDS}
@@ -63,17 +77,37 @@ class Manifest:
     files: dict[str, Entry]
     """Path in OUT -> what is there."""
     options: dict[str, Any]
+    reading: str | None = None
+    """How the entries' classes and captions were read (see the module's doc): reuse them only if
+    this export reads the same way."""
+    interrupted: bool = False
+    """An earlier export was interrupted (its journal was there)."""
+    finished: float | None = None
+    """When the last export finished (epoch seconds)."""
+
+    @property
+    def trusted(self) -> bool:
+        """Whether every file it lists is as it was written, if it is there at all: the last export
+        finished, and the machine has not restarted since (a power cut may have left a new file
+        empty, its data not yet on disk). Else each kept file's size is checked."""
+        if self.interrupted or self.finished is None:
+            return False
+        booted = booted_at()
+        return booted is not None and booted < self.finished
 
     @staticmethod
     def load(out: Path) -> Manifest:
         folder = out / FOLDER
         files: dict[str, Entry] = {}
         options: dict[str, Any] = {}
+        reading = finished = None
         try:
             with (folder / MANIFEST).open("rb") as handle:
                 head = orjson.loads(handle.readline())
-                if head.get("version") == VERSION:
+                if head.get("version") in READABLE:
                     options = dict(head.get("options", {}))
+                    reading = head.get("reading")
+                    finished = head.get("finished")
                     for line in handle:
                         record = orjson.loads(line)
                         path = record.pop("path")
@@ -84,13 +118,22 @@ class Manifest:
             pass
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("%s: the manifest cannot be read (%s): the export starts over", folder, exc)
-            files, options = {}, {}
-        manifest = Manifest(folder, files, options)
+            files, options, reading, finished = {}, {}, None, None
+        manifest = Manifest(
+            folder,
+            files,
+            options,
+            reading if isinstance(reading, str) else None,
+            finished=finished if isinstance(finished, (int, float)) else None,
+        )
         for path, entry in manifest.journal():  # an interrupted export's finished work
+            manifest.interrupted = True
             if entry is None:
                 manifest.files.pop(path, None)
             else:
                 manifest.files[path] = entry
+        if manifest.interrupted:
+            manifest.reading = None  # its entries may have been read another way: read them again, once
         return manifest
 
     def journal(self) -> Iterator[tuple[str, Entry | None]]:
@@ -117,7 +160,10 @@ class Manifest:
 
 
 class Journal:
-    """Appends each finished change, flushed, so an interruption loses at most the file in progress."""
+    """Appends each finished change, a few hundred at a time, so an interrupted process loses at
+    most those (done again by the next export). It is not fsync'ed: after a power cut the files it
+    names may be empty too, and the next export, finding it, checks each kept file's size anyway
+    (:attr:`Manifest.trusted`); a journal lost with them only means redoing that work."""
 
     def __init__(self, manifest: Manifest) -> None:
         manifest.folder.mkdir(parents=True, exist_ok=True)
@@ -138,14 +184,13 @@ class Journal:
 
     def flush(self) -> None:
         self._handle.flush()
-        os.fsync(self._handle.fileno())
         self._pending = 0
 
-    def close(self, options: Mapping[str, Any]) -> None:
+    def close(self, options: Mapping[str, Any], reading: str | None = None) -> None:
         """Write the whole manifest and drop the journal."""
         self.flush()
         self._handle.close()
-        write_manifest(self.manifest.folder / MANIFEST, options, self.manifest.files)
+        write_manifest(self.manifest.folder / MANIFEST, options, self.manifest.files, reading)
         (self.manifest.folder / "journal.jsonl").unlink(missing_ok=True)
 
     def abandon(self) -> None:
@@ -156,9 +201,20 @@ class Journal:
             self._handle.close()
 
 
-def write_manifest(path: Path, options: Mapping[str, Any], files: Mapping[str, Entry]) -> None:
+def booted_at() -> float | None:
+    """When this machine last started (epoch seconds), where the system says (None elsewhere)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None:
+        return None
+    return time.time() - time.clock_gettime(clock)
+
+
+def write_manifest(
+    path: Path, options: Mapping[str, Any], files: Mapping[str, Entry], reading: str | None = None
+) -> None:
     """Write the manifest a line at a time under a temporary name, fsync, rename."""
     line = orjson.OPT_APPEND_NEWLINE
-    head = orjson.dumps({"version": VERSION, "options": dict(options)}, option=line | orjson.OPT_NON_STR_KEYS)
+    head = {"version": VERSION, "options": dict(options), "reading": reading, "finished": time.time()}
+    head_line = orjson.dumps(head, option=line | orjson.OPT_NON_STR_KEYS)
     rows = (orjson.dumps({"path": name, **files[name].as_dict()}, option=line) for name in sorted(files))
-    atomic_write_lines(path, itertools.chain([head], rows))
+    atomic_write_lines(path, itertools.chain([head_line], rows))
