@@ -6,7 +6,6 @@ never read an image nor call a plugin, and never move a sidecar (a corrupt one i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -57,9 +56,11 @@ class Seen:
 
 
 def sidecars_fingerprint(rows: Mapping[str, SidecarRow | None]) -> int | None:
-    """:attr:`Seen.sidecars` of an image whose sidecars' index rows are ``rows``."""
-    text = ";".join(f"{name}:{row.stat[0]}:{row.stat[1]}" for name, row in sorted(rows.items()) if row is not None)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest()) if text else None
+    """:attr:`Seen.sidecars` of an image whose sidecars' index rows are ``rows``: Python's hash of
+    their stats in plugin order (of numbers only, so the same in every process, unlike a hash of
+    text; another Python may give another, and an export then reads its images again, once)."""
+    stats = tuple(row.stat if row is not None else None for _, row in sorted(rows.items()))
+    return hash(stats) if any(stats) else None
 
 
 @dataclass(frozen=True)

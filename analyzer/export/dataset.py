@@ -304,14 +304,11 @@ def _splits(
     ratios = SplitRatios.parse(options.ratios)
     hashes = [item.hash for item in items]
     previous = manifest.splits()
-    vectors, has_vector = _vectors(items, stores, options) if options.near_duplicates > 0 else (None, None)
+    fresh = [h not in previous for h in hashes] if previous else None
+    search = options.near_duplicates > 0 and (fresh is None or any(fresh))  # no new image: nothing to look for
+    vectors, has_vector = _vectors(items, stores, options) if search else (None, None)
     groups = duplicate_groups(
-        hashes,
-        vectors,
-        has_vector,
-        threshold=options.near_duplicates or 1.0,
-        seed=options.seed,
-        fresh=[h not in previous for h in hashes] if previous else None,
+        hashes, vectors, has_vector, threshold=options.near_duplicates or 1.0, seed=options.seed, fresh=fresh
     )
     classes = [item.label or "" for item in items]
     return assign_splits(hashes, classes, groups, ratios, options.seed, previous=previous)
@@ -403,7 +400,7 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
     there = _Listed(out) if manifest.trusted else None
     recipe = options.recipe()
     wanted_paths = {w.path for w in plan.wishes}
-    movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
+    movable: dict[str, list[str]] | None = None  # content hash -> its files no wish keeps: made when first needed
     for wish in plan.wishes:
         entry = manifest.files.get(wish.path)
         if entry is not None and entry.hash == wish.item.hash and entry.recipe == recipe:
@@ -423,6 +420,8 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
             if stale:
                 plan.captions.append(wish)
             continue
+        if movable is None:
+            movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
         old = [
             p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and os.path.exists(out + p)
         ]

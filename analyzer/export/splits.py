@@ -519,7 +519,10 @@ def assign_splits(
     split_of: dict[str, str] = {}
     to_deal: dict[str, list[str]] = defaultdict(list)  # class -> its groups without an earlier split
     for key, items in members.items():
-        earlier = _earlier_split(sorted({hashes[i] for i in items if hashes[i] in previous}), previous)
+        if len(items) == 1:  # most groups: one image, with an earlier split or none
+            earlier = previous.get(hashes[items[0]])
+        else:
+            earlier = _earlier_split(sorted({hashes[i] for i in items if hashes[i] in previous}), previous)
         if earlier is not None:
             split_of[key] = earlier
         elif exact:
