@@ -123,7 +123,7 @@ class Selector:
         stored = analysis.get(self.mode)
         if not isinstance(stored, Mapping):
             return None
-        by_model = {m: e for m, e in stored.items() if isinstance(e, Mapping) and "result" in e}
+        by_model = {m: e for m, e in stored.items() if (type(e) is dict or isinstance(e, Mapping)) and "result" in e}
         if self.after_at is None:
             return _resolved(by_model, list(by_model), preferred, self.fields)
         after = self.after_at
@@ -177,6 +177,16 @@ def _created(entry: Mapping[str, Any]) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
+def _newest(by_model: Mapping[str, Mapping[str, Any]], models: list[str]) -> str:
+    """The model whose result was made last (ties: the first by name). Times as the analyzer writes
+    them (``2026-11-23T17:20:38.518Z``, UTC) compare as text; others are parsed."""
+    stamps = [by_model[m].get("created_at") for m in models]
+    if all(isinstance(t, str) and len(t) == 24 and t[-1] == "Z" and t[10] == "T" for t in stamps):
+        latest = max(stamps)  # type: ignore[type-var]  # all text, checked
+        return min(m for m, t in zip(models, stamps, strict=True) if t == latest)
+    return min(models, key=lambda m: (-_created(by_model[m]), m))
+
+
 def _resolved(
     by_model: Mapping[str, Mapping[str, Any]], models: list[str], preferred: Sequence[str], fields: tuple[str, ...]
 ) -> Resolved | None:
@@ -184,7 +194,7 @@ def _resolved(
         return None
     chosen = MANUAL if MANUAL in models else next((m for m in preferred if m in models), None)
     if chosen is None:
-        chosen = min(models, key=lambda m: (-_created(by_model[m]), m))
+        chosen = models[0] if len(models) == 1 else _newest(by_model, models)
     entry = by_model[chosen]
     value = entry["result"]
     for name in fields:

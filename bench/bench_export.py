@@ -10,9 +10,13 @@ embedding), 1% of the images. The tree is analysed for real: ``analyzer run DIR 
 metadata`` in a subprocess, then ``analyzer classify DIR --labels red,green,blue --name
 colours`` through ``analyzer.cli.main`` in this process, with the test suite's deterministic
 embedder ``analyzer_classify.testing.ColourEmbedder`` preloaded (``ANALYZER_CLASSIFY__MODEL=
-colour/test``), which stores each image's embedding (its mean colour, 3 dimensions): what the
-export's near-duplicate search reads. Then, every figure measured here, in this run (nothing
-hard-coded):
+colour/test``), which stores each image's embedding (its mean colour, 3 dimensions). Those would
+make every image one duplicate group (in 3 dimensions most colours are look-alikes), so for the
+near-duplicate search a random unit vector of ``--dims`` (512) dimensions is stored per content
+hash under the model ``bench/random-512`` (a planted near-duplicate's at cosine 0.98 to its
+original's, as real embeddings of look-alikes are), and the export reads those (``--embeddings``)
+at its default threshold, 0.95 (``--dims 0``: the colour embedder's own). Then, every figure
+measured here, in this run (nothing hard-coded):
 
 1. **first export**: ``analyzer export DIR --to OUT --layout splits --class classify.colours
    --caption "mytoken, {metadata.prompt}" --link hard`` (hard links, train/val/test with
@@ -74,6 +78,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]  # this checkout's code, not another
 
 MODEL_ID = "colour/test"  # ColourEmbedder's model id
+DIMS = 512  # --dims: the stored vectors the near-duplicate search reads (0: the colour embedder's own, 3)
+LOOK_ALIKE = 0.98  # cosine of a planted near-duplicate's vector to its original's
 LABELS = "red,green,blue"
 SET_NAME = "colours"
 CAPTION = "mytoken, {metadata.prompt}"
@@ -225,11 +231,18 @@ def run_child(cmd: list[str], cwd: Path, *, what: str) -> Child:
     return Child(wall, rss, proc.returncode, proc.stdout, proc.stderr)
 
 
-def export_cmd(root: Path, out: Path, near_duplicates: float | None) -> list[str]:
+def vectors_model(dims: int) -> str:
+    """The model id whose stored vectors the export's near-duplicate search reads."""
+    return f"bench/random-{dims}" if dims else MODEL_ID
+
+
+def export_cmd(root: Path, out: Path, near_duplicates: float | None, dims: int) -> list[str]:
     cmd = [sys.executable, "-m", "analyzer", "export", str(root), "--to", str(out), "--layout", "splits"]
     cmd += ["--class", f"classify.{SET_NAME}", "--caption", CAPTION, "--link", "hard"]
     if near_duplicates is not None:
         cmd += ["--near-duplicates", str(near_duplicates)]
+    if dims:
+        cmd += ["--embeddings", vectors_model(dims)]
     return cmd
 
 
@@ -266,6 +279,53 @@ def analyse(root: Path, cwd: Path) -> tuple[float, float]:
     return metadata.wall, time.perf_counter() - started
 
 
+def unit_vector(seed: int, dims: int) -> Any:
+    import numpy as np
+
+    vector = np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def store_vectors(root: Path, dims: int) -> int:
+    """Random unit vectors of ``dims`` dimensions (seeded by content hash) for every image the index
+    knows that has none yet, under :func:`vectors_model`: a planted near-duplicate's at cosine
+    ``LOOK_ALIKE`` to its original's, the way real embeddings of look-alikes are. Returns how many."""
+    import numpy as np
+
+    from analyzer.settings import Settings
+    from analyzer.store import Store
+
+    store = Store.open(root, Settings())
+    try:
+        hash_of = {}
+        for rel_dir in store.index.dirs():
+            for name, row in store.index.load_dir(rel_dir).items():
+                if row.hash is not None and name.endswith(".png"):
+                    hash_of[int(Path(name).stem)] = row.hash
+        stored = store.embeddings.model(vectors_model(dims))
+        missing = set(stored.missing(list(hash_of.values())))
+        hashes, rows = [], []
+        for index, content_hash in sorted(hash_of.items()):
+            if content_hash not in missing:
+                continue
+            vector = unit_vector(int(content_hash.rpartition(":")[2][:15], 16), dims)
+            if is_duplicate(index) and index - 1 in hash_of:
+                original = unit_vector(int(hash_of[index - 1].rpartition(":")[2][:15], 16), dims)
+                side = vector - (vector @ original) * original
+                vector = LOOK_ALIKE * original + np.sqrt(1 - LOOK_ALIKE**2) * side / np.linalg.norm(side)
+            hashes.append(content_hash)
+            rows.append(vector / np.linalg.norm(vector))
+            if len(hashes) >= 8192:
+                stored.put(hashes, np.stack(rows).astype(np.float32))
+                hashes, rows = [], []
+        if hashes:
+            stored.put(hashes, np.stack(rows).astype(np.float32))
+        stored.flush()
+        return len(missing)
+    finally:
+        store.close()
+
+
 def prepare(args: argparse.Namespace, work: Path, root: Path) -> State:
     """The analysed tree: built and analysed, or reused from an earlier run."""
     state_file = work / "state.json"
@@ -286,10 +346,14 @@ def prepare(args: argparse.Namespace, work: Path, root: Path) -> State:
         state.analysed = True
         state.save(state_file)
         note(f"  analysed: analyzer run --plugins metadata {metadata_s:.1f} s, analyzer classify {classify_s:.1f} s")
+    if args.dims:
+        started = time.perf_counter()
+        made = store_vectors(root, args.dims)
+        note(f"  stored {made:,} random {args.dims}-dimensional vectors ({time.perf_counter() - started:.1f} s)")
     return state
 
 
-def change_some(root: Path, state: State, state_file: Path, cwd: Path) -> int:
+def change_some(root: Path, state: State, state_file: Path, cwd: Path, dims: int) -> int:
     """Rewrite the pixels of 1% of the images (a new colour each time), then analyse them."""
     state.generation += 1
     state.analysed = False
@@ -304,6 +368,8 @@ def change_some(root: Path, state: State, state_file: Path, cwd: Path) -> int:
             changed += 1
     written = time.perf_counter() - started
     metadata_s, classify_s = analyse(root, cwd)
+    if dims:
+        store_vectors(root, dims)
     state.analysed = True
     state.save(state_file)
     note(
@@ -398,7 +464,7 @@ class Search:
     together: int
 
 
-def near_duplicate_search(root: Path, out: Path, threshold: float, repeat: int) -> Search:
+def near_duplicate_search(root: Path, out: Path, threshold: float, repeat: int, dims: int) -> Search:
     """``duplicate_groups`` on the exported images' hashes and stored vectors, as the export calls it."""
     import numpy as np
 
@@ -407,7 +473,7 @@ def near_duplicate_search(root: Path, out: Path, threshold: float, repeat: int) 
 
     entries = list(manifest_entries(out).values())
     hashes = [entry["hash"] for entry in entries]
-    stored = EmbeddingStore(root / ".analyzer" / "embeddings", read_only=True).model(MODEL_ID).get(hashes)
+    stored = EmbeddingStore(root / ".analyzer" / "embeddings", read_only=True).model(vectors_model(dims)).get(hashes)
     has = [vector is not None for vector in stored]
     dims = next(len(v) for v in stored if v is not None)
     matrix = np.zeros((len(hashes), dims), dtype=np.float32)
@@ -476,6 +542,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--near-duplicates", type=float, help="passed to the export as --near-duplicates (default: the export's)"
     )
+    parser.add_argument(
+        "--dims",
+        type=int,
+        default=DIMS,
+        help=f"dimensions of the random vectors stored for the near-duplicate search (default {DIMS}; 0: the "
+        "colour embedder's own 3-dimensional ones, which make every image one duplicate group)",
+    )
     parser.add_argument("--workdir", type=Path, help="build (and keep, and reuse) the analysed tree here")
     args = parser.parse_args(argv)
     args.images = args.images if args.images is not None else 500 if args.quick else 100_000
@@ -528,6 +601,7 @@ class Setup:
     cmd: list[str]
     threshold: float
     rss_method: str
+    dims: int
 
 
 def run(args: argparse.Namespace, work: Path, dropped: list[str]) -> int:
@@ -544,18 +618,21 @@ def run(args: argparse.Namespace, work: Path, dropped: list[str]) -> int:
         copy=work / "out-cp",
         cwd=work / "cwd",
         state_file=work / "state.json",
-        cmd=export_cmd(root, out, args.near_duplicates),
+        cmd=export_cmd(root, out, args.near_duplicates, args.dims),
         threshold=args.near_duplicates if args.near_duplicates is not None else default_threshold,
         rss_method=rss_prefix()[1],
+        dims=args.dims,
     )
     note(
         f"export benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, "
         f"{os.cpu_count()} cores, load average {load_text()} (1/5/15 min)"
     )
+    vectors = f"random, {args.dims} dimensions, look-alikes at cosine {LOOK_ALIKE}"
+    vectors = vectors if args.dims else "the colour embedder's"
     note(
         f"  options: --images {args.images:,} (subfolders of {PER_FOLDER:,}, {SIZE}x{SIZE} PNG), --repeat "
         f"{args.repeat}, near-duplicates planted: 1 in {DUPLICATE_EVERY}, changed before each re-export: 1 in "
-        f"{CHANGE_EVERY}; near-duplicate threshold {setup.threshold} "
+        f"{CHANGE_EVERY}; near-duplicate vectors: {vectors}; near-duplicate threshold {setup.threshold} "
         f"({'--near-duplicates' if args.near_duplicates is not None else 'the export default'}); work folder {work}"
     )
     note(f"  export: {shown(setup.cmd)}")
@@ -623,7 +700,7 @@ def first_exports(args: argparse.Namespace, setup: Setup, state: State, report: 
 
 def search_part(args: argparse.Namespace, setup: Setup, state: State, first_s: float, report: Report) -> None:
     """The near-duplicate search apart, in this process, on the hashes and vectors the export used."""
-    search = near_duplicate_search(setup.root, setup.out, setup.threshold, args.repeat)
+    search = near_duplicate_search(setup.root, setup.out, setup.threshold, args.repeat, setup.dims)
     search_s = statistics.median(search.times)
     note(
         f"  near-duplicate search: duplicate_groups on {search.vectors:,} stored vectors of {search.dims} dims, "
@@ -655,7 +732,7 @@ def reexports(args: argparse.Namespace, setup: Setup, state: State, first_s: flo
     for i in range(args.repeat):
         before = manifest_entries(setup.out)
         unchanged = {e["hash"] for e in before.values() if not is_changed(index_of(e["src"]))}
-        change_some(setup.root, state, setup.state_file, setup.cwd)
+        change_some(setup.root, state, setup.state_file, setup.cwd, setup.dims)
         agains.append(run_child(setup.cmd, setup.cwd, what="the re-export"))
         checks.append(kept_splits(split_by_hash(before), split_by_hash(manifest_entries(setup.out)), unchanged))
         note(

@@ -214,6 +214,12 @@ def test_created_at_is_compared_as_a_time_and_ties_go_to_the_first_model_id() ->
     del analysis["best"]["b"]
     assert model("clip.best", analysis) == "c"
 
+    # times as the analyzer writes them (compared as text, the fast way): the newest, ties by name
+    written = {"z": entry("z", "2026-11-23T10:00:00.001Z"), "y": entry("y", "2026-11-23T10:00:00.000Z")}
+    assert model("clip.best", {"best": written}) == "z"
+    written["x"] = entry("x", "2026-11-23T10:00:00.001Z")
+    assert model("clip.best", {"best": written}) == "x"
+
 
 def test_preference_and_age_also_choose_among_models_an_at_prefix_names() -> None:
     analysis = {"best": {"m:1#a": entry("a", "2026-01-01T00:00:00Z"), "m:1#b": entry("b", "2025-01-01T00:00:00Z")}}

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -552,9 +553,8 @@ def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportRes
 
     placer = Placer(options.link)
     recipe = options.recipe()
-    batch = 64
-    chunks = [plan.add[start : start + batch] for start in range(0, len(plan.add), batch)]
     warned = False
+    chunks = _by_folder_in_turn(plan.add)
     with ThreadPoolExecutor(PLACING_THREADS, thread_name_prefix="export") as pool:
         pending = [pool.submit(_place_all, chunk, placer, journal.manifest, options) for chunk in chunks]
         try:
@@ -579,6 +579,16 @@ def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportRes
             for future in pending:
                 future.cancel()
             raise
+
+
+def _by_folder_in_turn(wishes: Sequence[Wish], batch: int = 64) -> list[list[Wish]]:
+    """The wishes in batches of one destination folder each, taking the folders in turn: batches
+    placed at once then mostly write to different folders (a folder takes one new name at a time)."""
+    by_folder: dict[str, list[Wish]] = {}
+    for wish in wishes:
+        by_folder.setdefault(wish.path.rpartition("/")[0], []).append(wish)
+    queues = [[group[i : i + batch] for i in range(0, len(group), batch)] for group in by_folder.values()]
+    return [chunk for turn in itertools.zip_longest(*queues) for chunk in turn if chunk is not None]
 
 
 def _place_all(
