@@ -101,7 +101,7 @@ class ExportOptions:
         return ",".join(parts)
 
 
-@dataclass
+@dataclass(slots=True)
 class Wish:
     """One image as the dataset should hold it."""
 

@@ -112,7 +112,7 @@ class Wanted:
         return list({s.text: s for s in found}.values())
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     root: Path
     rel: str
