@@ -17,6 +17,7 @@ from analyzer.export.splits import (
     SplitRatios,
     assign_splits,
     duplicate_groups,
+    look_alikes_of,
     search_recall,
 )
 
@@ -168,15 +169,18 @@ def test_adding_images_moves_no_earlier_image_given_the_previous_splits() -> Non
 
 
 def test_a_re_export_looks_only_for_look_alikes_of_its_new_images_and_finds_each_one() -> None:
-    """Given which images are fresh (not in the manifest), only their pairs are looked for, each
-    new vector against all: every new look-alike joins its earlier image, as in a search of all."""
+    """Only the new images' pairs are looked for, each new vector against every stored one as they
+    stream past a block at a time: every new look-alike joins its earlier image, as in a search of all."""
     earlier, earlier_classes, earlier_vectors, added, added_classes, added_vectors = earlier_and_added()
     before, _ = assign_splits(earlier, earlier_classes, duplicate_groups(earlier, earlier_vectors), seed=1)
     manifest = dict(zip(earlier, before, strict=True))
     hashes, classes = earlier + added, earlier_classes + added_classes
     vectors = np.concatenate([earlier_vectors, added_vectors])
+    new_rows = np.array([n for n, h in enumerate(hashes) if h not in manifest])
+    stored = [(np.arange(start, min(start + 500, 2200)), vectors[start : start + 500]) for start in range(0, 2200, 500)]
 
-    fresh = duplicate_groups(hashes, vectors, fresh=[h not in manifest for h in hashes])
+    pairs = list(look_alikes_of(vectors[new_rows], new_rows, stored, 0.95))
+    fresh = duplicate_groups(hashes, pairs=pairs)
     full = duplicate_groups(hashes, vectors)
 
     assert all(fresh[2000 + n] == full[2000 + n] for n in range(200))  # each new image's group key
@@ -186,6 +190,26 @@ def test_a_re_export_looks_only_for_look_alikes_of_its_new_images_and_finds_each
     assert after[:2000] == before and drift.moved == 0
     for n in range(30):
         assert after[2000 + n] == after[fresh.index(fresh[2000 + n])]
+
+
+def test_float16_vectors_give_the_groups_float32_gives_once_their_pairs_are_verified() -> None:
+    """Half the memory: pairs are found from the rounded vectors a little below the threshold, then
+    verified at full precision; planted pairs just either side of the threshold are told apart."""
+    vectors = random_vectors(4000, 64, seed=4)  # up to 5,000: every pair compared, in both
+    above = [(n, 200 + n) for n in range(100)]
+    below = [(n, 200 + n) for n in range(100, 200)]
+    for original, copy in above + below:
+        vectors[copy] = look_alike(vectors[original], 0.9504 if copy < 300 else 0.9496, seed=copy)
+    hashes = [content_hash(f"h{n}") for n in range(4000)]
+
+    def verify(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", vectors[a], vectors[b]) >= 0.95
+
+    exact = duplicate_groups(hashes, vectors)
+    half = duplicate_groups(hashes, vectors.astype(np.float16), verify=verify)
+
+    assert half == exact
+    assert all(exact[a] == exact[b] for a, b in above) and not any(exact[a] == exact[b] for a, b in below)
 
 
 def test_without_previous_splits_only_merged_groups_can_move_when_each_group_is_placed_alone() -> None:

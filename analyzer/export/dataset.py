@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,6 +39,9 @@ from ..store import Store
 from ..survey import Seen
 from .items import Item, Missing, Wanted, read_items
 from .manifest import FOLDER, Entry, Journal, Manifest
+
+if TYPE_CHECKING:
+    from .files import Placer
 
 log = logging.getLogger(__name__)
 
@@ -306,36 +309,123 @@ def _splits(
     hashes = [item.hash for item in items]
     previous = manifest.splits()
     fresh = [h not in previous for h in hashes] if previous else None
-    search = options.near_duplicates > 0 and (fresh is None or any(fresh))  # no new image: nothing to look for
-    vectors, has_vector = _vectors(items, stores, options) if search else (None, None)
-    groups = duplicate_groups(
-        hashes, vectors, has_vector, threshold=options.near_duplicates or 1.0, seed=options.seed, fresh=fresh
-    )
+    new = sum(fresh) if fresh is not None else len(items)
+    threshold = options.near_duplicates or 1.0
+    if options.near_duplicates > 0 and 0 < new * 4 < len(items):  # a re-export: the new images' look-alikes
+        assert fresh is not None
+        pairs = _look_alikes_of_new(items, fresh, stores, options)
+        groups = duplicate_groups(hashes, threshold=threshold, pairs=pairs)
+    else:
+        search = options.near_duplicates > 0 and new > 0  # no new image: nothing to look for
+        vectors, has_vector = _vectors(items, stores, options) if search else (None, None)
+        groups = duplicate_groups(
+            hashes,
+            vectors,
+            has_vector,
+            threshold=threshold,
+            seed=options.seed,
+            verify=_verifier(items, stores, options) if vectors is not None else None,
+        )
     classes = [item.label or "" for item in items]
     return assign_splits(hashes, classes, groups, ratios, options.seed, previous=previous)
 
 
+def _vectors_model(stores: Sequence[Store], options: ExportOptions) -> str | None:
+    """The model whose stored embeddings find near-duplicates: ``--embeddings``, else the first stored."""
+    if options.embeddings is not None:
+        return options.embeddings
+    found = sorted({name for store in stores for name in store.embeddings.models()})
+    return found[0] if found else None
+
+
+def _look_alikes_of_new(
+    items: list[Item], fresh: list[bool], stores: Sequence[Store], options: ExportOptions
+) -> list[tuple[Any, Any]]:
+    """Pairs of item rows: each new item's (``fresh``) look-alikes among all, by their stored
+    embeddings, streamed through each store a chunk at a time: memory for the new items' vectors
+    and one chunk, not for every vector (205 MB at 100,000 x 512)."""
+    import numpy as np
+
+    from ..embeddings import KEY_BYTES, key_of
+    from .splits import look_alikes_of
+
+    model = _vectors_model(stores, options)
+    if model is None:
+        return []
+    rows: list[int] = []
+    vectors: list[Any] = []
+    for store in stores:
+        part = [n for n, item in enumerate(items) if fresh[n] and item.root == store.root]
+        for n, vector in zip(part, store.embeddings.model(model).get([items[k].hash for k in part]), strict=True):
+            if vector is not None:
+                rows.append(n)
+                vectors.append(vector)
+    if not vectors:
+        return []
+    new = np.stack(vectors)
+    new_rows = np.asarray(rows, dtype=np.int64)
+    pairs: list[tuple[Any, Any]] = []
+    for store in stores:
+        row_of = {key_of(item.hash): n for n, item in enumerate(items) if item.root == store.root}
+
+        def blocks(store: Store = store, row_of: dict[bytes, int] = row_of) -> Any:
+            for keys, chunk in store.embeddings.model(model).chunks(rows=8192):
+                at = np.fromiter(
+                    (row_of.get(key.ljust(KEY_BYTES, b"\0"), -1) for key in keys.tolist()), np.int64, len(keys)
+                )
+                known = at >= 0
+                yield at[known], chunk[known]
+
+        pairs += look_alikes_of(new, new_rows, blocks(), options.near_duplicates)
+    return pairs
+
+
+def _verifier(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> Callable[[Any, Any], Any]:
+    """What says, for pairs of item rows found with float16 vectors, which are look-alikes with
+    their stored float32 vectors (a few thousand reads: the pairs near or above the threshold)."""
+    import numpy as np
+
+    model = _vectors_model(stores, options)
+
+    def verify(a: Any, b: Any) -> Any:
+        rows = np.unique(np.concatenate([a, b]))
+        found: dict[int, Any] = {}
+        for store in stores:
+            part = [int(n) for n in rows if items[n].root == store.root]
+            if part and model is not None:
+                stored = store.embeddings.model(model).get([items[n].hash for n in part])
+                found.update((n, v) for n, v in zip(part, stored, strict=True) if v is not None)
+        dims = next(iter(found.values())).shape[0] if found else 1
+        zero = np.zeros(dims, dtype=np.float32)
+        left = np.stack([found.get(int(n), zero) for n in a]).astype(np.float32)
+        right = np.stack([found.get(int(n), zero) for n in b]).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+            cosine = np.einsum("ij,ij->i", left, right) / norms
+        return np.nan_to_num(cosine, nan=-1.0) >= options.near_duplicates
+
+    return verify
+
+
 def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> tuple[Any, list[bool] | None]:
     """The items' stored embeddings of one model, in the items' order (zeros where none), read
-    straight into one float32 matrix: streamed through the whole store when the items are most of
-    it, else looked up (a batch at a time)."""
+    straight into one float16 matrix (half of float32's memory; the pairs found are verified at
+    full precision, :func:`_verifier`): streamed through the whole store when the items are most
+    of it, else looked up (a batch at a time)."""
     import numpy as np
 
     from ..embeddings import KEY_BYTES, key_of
 
-    model = options.embeddings
+    model = _vectors_model(stores, options)
     if model is None:
-        found = sorted({name for store in stores for name in store.embeddings.models()})
-        if not found:
-            return None, None
-        model = found[0]
+        return None, None
     matrix: Any = None
     has = [False] * len(items)
 
     def put(n: int, vector: Any) -> None:
         nonlocal matrix
         if matrix is None:
-            matrix = np.zeros((len(items), len(vector)), dtype=np.float32)
+            matrix = np.zeros((len(items), len(vector)), dtype=np.float16)
         matrix[n] = vector
         has[n] = True
 
@@ -541,6 +631,9 @@ def _remove_and_move(
 PLACING_THREADS = 4
 """Images placed at once: links and small writes are system calls that wait on the file system
 (the GIL is free meanwhile), so a few threads overlap them, even on 2 cores."""
+MAKING_THREADS = 2
+"""Images made at once by --resize/--strip-metadata: each holds a decoded image (up to
+``max_image_pixels``), so fewer."""
 
 
 def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportResult) -> None:
@@ -555,7 +648,8 @@ def _add(plan: Plan, journal: Journal, options: ExportOptions, result: ExportRes
     recipe = options.recipe()
     warned = False
     chunks = _by_folder_in_turn(plan.add)
-    with ThreadPoolExecutor(PLACING_THREADS, thread_name_prefix="export") as pool:
+    making = bool(options.resize or options.strip_metadata)
+    with ThreadPoolExecutor(MAKING_THREADS if making else PLACING_THREADS, thread_name_prefix="export") as pool:
         pending = [pool.submit(_place_all, chunk, placer, journal.manifest, options) for chunk in chunks]
         try:
             for future in pending:
@@ -592,7 +686,7 @@ def _by_folder_in_turn(wishes: Sequence[Wish], batch: int = 64) -> list[list[Wis
 
 
 def _place_all(
-    wishes: Sequence[Wish], placer: Any, manifest: Manifest, options: ExportOptions
+    wishes: Sequence[Wish], placer: Placer, manifest: Manifest, options: ExportOptions
 ) -> tuple[list[tuple[Wish, tuple[str, int] | Exception]], BaseException | None]:
     """Place each image and write its caption (in a worker thread): per image done, (method,
     size) or why it is left out (a source that vanished or cannot be decoded); and the error that
@@ -606,7 +700,7 @@ def _place_all(
     return done, None
 
 
-def _place_one(wish: Wish, placer: Any, manifest: Manifest, options: ExportOptions) -> tuple[str, int] | Exception:
+def _place_one(wish: Wish, placer: Placer, manifest: Manifest, options: ExportOptions) -> tuple[str, int] | Exception:
     """Place one image and write its caption: (method, size), or why it is left out."""
     from .files import transform, write_small
 

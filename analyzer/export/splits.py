@@ -51,10 +51,11 @@ with ``exact=True`` the few groups next to a cut can cross it (27 of 2,000 when 
 added, in the tests). The approximate search itself may find a pair in one run and not in another
 (the sample changes as images are added); with ``previous`` that moves nothing either.
 
-**A re-export** looks only for the look-alikes of its fresh images (those with no earlier split),
-each of their vectors against all (``fresh``, exact blocked products): the earlier images were
-grouped, and their splits fixed, by the exports before. 1,000 new images among 100,000 are 10⁸
-similarities, against the whole search's 10¹⁰-odd.
+**A re-export** looks only for the look-alikes of its new images (those with no earlier split),
+each of their vectors against every stored one as the store streams them past (:func:`look_alikes_of`,
+exact blocked products, memory for one chunk): the earlier images were grouped, and their splits
+fixed, by the exports before. 1,000 new images among 100,000 are 10⁸ similarities, against the
+whole search's 10¹⁰-odd.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,9 @@ CELLS_PER_ROOT = 4
 """Cells per partition: this times the square root of the number of vectors."""
 REDUCED = 64
 """Principal components the cells are found in (the pairs are compared in full)."""
+HALF_MARGIN = 2e-3
+"""How far below the threshold float16 vectors' pairs are taken, to be verified at full precision:
+rounding to float16 moves a cosine of unit vectors by at most about 1e-3."""
 BLOCK = 1 << 22
 """Similarities computed at once (float32: 16 MB): memory stays bounded however many vectors."""
 EDGES = 1 << 20
@@ -150,7 +154,8 @@ def duplicate_groups(
     exact_up_to: int = EXACT_UP_TO,
     probes: int = PROBES,
     tables: int = TABLES,
-    fresh: Sequence[bool] | None = None,
+    pairs: Iterable[tuple[Indices, Indices]] | None = None,
+    verify: Callable[[Indices, Indices], npt.NDArray[np.bool_]] | None = None,
 ) -> list[str]:
     """The group key of each image: the smallest content hash among its duplicates.
 
@@ -162,12 +167,18 @@ def duplicate_groups(
     ``exact_up_to`` vectors every pair is compared; above, see :func:`near_pairs`. The answer does
     not depend on the order of the images (the search samples them in the order of their hashes).
 
-    ``fresh`` (one flag per image): only look-alikes of these images are looked for, every fresh
-    vector against every vector (a re-export: the others were grouped, and their splits fixed, by
-    an earlier one; :func:`assign_splits` keeps them). Used when under a quarter are fresh: their
-    pairs are then exact, and cheaper than a search of all.
+    ``vectors`` may be ``float16``: half the memory (100,000 x 512: 102 MB, not 205). Similarities
+    are then computed in float32 from the rounded vectors, the pairs found from ``threshold`` less
+    ``HALF_MARGIN`` (rounding moves a cosine by less), and ``verify(a, b)`` (blocks of image rows)
+    says which of them are look-alikes at full precision; without it, the rounded cosine decides.
+
+    ``pairs`` (blocks of image rows, instead of ``vectors``): the look-alikes, found already (a
+    re-export looks only for its new images', :func:`look_alikes_of`).
     """
     import numpy as np
+
+    if pairs is not None:
+        return _grouped(hashes, pairs)
 
     if not 0 < threshold <= 1:
         raise ValueError(f"the near-duplicate threshold is a cosine similarity in (0, 1], not {threshold}")
@@ -188,19 +199,86 @@ def duplicate_groups(
     matrix, order, position = _unit_rows(vectors, row_of[with_vector])
     owner = with_vector[position]  # the distinct hash of each row of the matrix
     parent = np.arange(len(unique), dtype=np.int64)
-    if fresh is not None and len(fresh) != len(hashes):
-        raise ValueError(f"{len(hashes)} hashes but {len(fresh)} fresh flags")
-    fresh_rows = _fresh_rows(fresh, hashes, index, owner) if fresh is not None else None
-    if fresh_rows is not None and len(fresh_rows) * 4 < len(matrix):
-        found = _fresh_pairs(matrix, fresh_rows, threshold)
-    else:
-        found = near_pairs(
-            matrix, threshold, order=order, seed=seed, exact_up_to=exact_up_to, probes=probes, tables=tables
-        )
-    for a, b in found:
+    half = matrix.dtype == np.float16
+    at = max(-1.0, threshold - HALF_MARGIN) if half else threshold
+    found = near_pairs(matrix, at, order=order, seed=seed, exact_up_to=exact_up_to, probes=probes, tables=tables)
+    for a, b in _batched(found, EDGES) if half else found:
+        if half:  # candidates: verified at full precision, many at once
+            if verify is not None:
+                keep = verify(row_of[owner[a]], row_of[owner[b]])
+            else:
+                keep = np.einsum("ij,ij->i", matrix[a], matrix[b], dtype=np.float32) >= threshold
+            a, b = a[keep], b[keep]
         _union(parent, owner[a], owner[b])
     root = _roots(parent)  # the smallest index in each group: the smallest hash, as `unique` is sorted
     return [unique[root[index[h]]] for h in hashes]
+
+
+def _batched(blocks: Iterable[tuple[Indices, Indices]], size: int) -> Iterator[tuple[Indices, Indices]]:
+    """The pairs of many small blocks in blocks of about ``size`` pairs."""
+    import numpy as np
+
+    lefts: list[Indices] = []
+    rights: list[Indices] = []
+    held = 0
+    for a, b in blocks:
+        lefts.append(a)
+        rights.append(b)
+        held += len(a)
+        if held >= size:
+            yield np.concatenate(lefts), np.concatenate(rights)
+            lefts, rights, held = [], [], 0
+    if lefts:
+        yield np.concatenate(lefts), np.concatenate(rights)
+
+
+def _grouped(hashes: Sequence[str], pairs: Iterable[tuple[Indices, Indices]]) -> list[str]:
+    """The group key of each image given the pairs of image rows that are look-alikes."""
+    import numpy as np
+
+    unique = sorted(set(hashes))
+    index = {h: n for n, h in enumerate(unique)}
+    owner = np.fromiter((index[h] for h in hashes), dtype=np.int64, count=len(hashes))
+    parent = np.arange(len(unique), dtype=np.int64)
+    for a, b in pairs:
+        _union(parent, owner[a], owner[b])
+    root = _roots(parent)
+    return [unique[root[index[h]]] for h in hashes]
+
+
+def look_alikes_of(
+    fresh: Matrix, rows: Indices, stored: Iterable[tuple[Indices, Matrix]], threshold: float
+) -> Iterator[tuple[Indices, Indices]]:
+    """Pairs (image row, fresh image row) of the ``fresh`` vectors (one per row of ``rows``) and the
+    ``stored`` ones, given as blocks of (image rows, vectors), at a cosine similarity of at least
+    ``threshold``: every stored vector against every fresh one, exactly, with memory for one block
+    and its products (BLOCK) whatever the count. Zero or non-finite vectors match nothing."""
+    import numpy as np
+
+    fresh = _normalised(fresh)
+    for block_rows, block in stored:
+        if not len(block_rows):
+            continue
+        block = _normalised(block)
+        step = max(1, BLOCK // len(block))
+        for start in range(0, len(fresh), step):
+            a, b = np.nonzero(block @ fresh[start : start + step].T >= threshold)
+            x, y = block_rows[a], rows[b + start]
+            other = x != y
+            if other.any():
+                yield x[other].astype(np.int64), y[other].astype(np.int64)
+
+
+def _normalised(block: Matrix) -> Matrix:
+    """Unit rows (float32); rows that are zero or not finite stay zero (and match nothing)."""
+    import numpy as np
+
+    block = np.asarray(block, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        unit: Matrix = (block / norms[:, None]).astype(np.float32, copy=False)
+    unit[~(np.isfinite(norms) & (norms > 0))] = 0
+    return unit
 
 
 def near_pairs(
@@ -296,19 +374,20 @@ def _unit_rows(vectors: Matrix, rows: Indices) -> tuple[Matrix, Indices, Indices
     finite."""
     import numpy as np
 
-    if len(rows) == len(vectors) and vectors.dtype == np.float32 and vectors.flags.c_contiguous:
-        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-        if bool((np.abs(norms - 1) < 1e-4).all()):
+    half = vectors.dtype == np.float16
+    if len(rows) == len(vectors) and vectors.dtype in (np.float32, np.float16) and vectors.flags.c_contiguous:
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))
+        if bool((np.abs(norms - 1) < (2e-3 if half else 1e-4)).all()):
             position = np.empty(len(rows), dtype=np.int64)
             position[rows] = np.arange(len(rows))
             return vectors, rows, position
-    matrix = np.array(vectors[rows], dtype=np.float32)
+    matrix: Any = np.array(vectors[rows], dtype=np.float16 if half else np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float32))
     usable = np.flatnonzero(np.isfinite(norms) & (norms > 0)).astype(np.int64)
     if len(usable) < len(matrix):
         matrix, norms = matrix[usable], norms[usable]
-    matrix /= norms[:, None]
+    matrix /= norms[:, None].astype(matrix.dtype)
     return matrix, np.arange(len(matrix), dtype=np.int64), usable
 
 
@@ -318,39 +397,15 @@ def _exact_pairs(matrix: Matrix, threshold: float) -> Iterator[tuple[Indices, In
 
     m = len(matrix)
     step = max(1, BLOCK // max(m, 1))
-    for start in range(0, m, step):
-        near = matrix[start : start + step] @ matrix[start:].T >= threshold
+    for start in range(0, m, step):  # in float32 (from float16 vectors too: BLAS has no float16)
+        block = np.asarray(matrix[start : start + step], dtype=np.float32)
+        near = block @ np.asarray(matrix[start:], dtype=np.float32).T >= threshold
         rows = max(1, EDGES // near.shape[1])  # a group of thousands of look-alikes: edges a block at a time
         for first in range(0, len(near), rows):
             a, b = np.nonzero(near[first : first + rows])
             later = b > a + first
             if later.any():
                 yield (a[later] + start + first).astype(np.int64), (b[later] + start).astype(np.int64)
-
-
-def _fresh_rows(fresh: Sequence[bool], hashes: Sequence[str], index: Mapping[str, int], owner: Indices) -> Indices:
-    """The matrix rows of the fresh images (``owner``: each row's distinct hash)."""
-    import numpy as np
-
-    is_fresh = np.zeros(len(index), dtype=bool)
-    for flag, content_hash in zip(fresh, hashes, strict=True):
-        if flag:
-            is_fresh[index[content_hash]] = True
-    return np.flatnonzero(is_fresh[owner]).astype(np.int64)
-
-
-def _fresh_pairs(matrix: Matrix, rows: Indices, threshold: float) -> Iterator[tuple[Indices, Indices]]:
-    """Every pair of one of ``rows`` and any row: blocks of those rows against all."""
-    import numpy as np
-
-    step = max(1, BLOCK // max(len(matrix), 1))
-    for start in range(0, len(rows), step):
-        block = rows[start : start + step]
-        a, b = np.nonzero(matrix[block] @ matrix.T >= threshold)
-        a = block[a]
-        other = a != b
-        if other.any():
-            yield a[other].astype(np.int64), b[other].astype(np.int64)
 
 
 def _partitions(matrix: Matrix, order: Indices, seed: int, probes: int, tables: int) -> list[Indices]:
@@ -362,21 +417,36 @@ def _partitions(matrix: Matrix, order: Indices, seed: int, probes: int, tables: 
 
     m, dim = matrix.shape
     rng = np.random.default_rng(seed)
-    sample = matrix[order[np.sort(rng.choice(m, size=min(m, PCA_SAMPLE), replace=False))]]
+    sample = order[np.sort(rng.choice(m, size=min(m, PCA_SAMPLE), replace=False))]
     if dim > REDUCED:  # principal axes of the sample; the vectors are projected, not centred
-        centred = sample - sample.mean(axis=0)
-        covariance = (centred.T @ centred).astype(np.float64)
+        covariance = _covariance(matrix, sample)
         with one_blas_thread():  # LAPACK's threads on two busy cores: 50 times slower
             _, axes = np.linalg.eigh(covariance)
         basis = np.ascontiguousarray(axes[:, ::-1][:, :REDUCED], dtype=np.float32)
         reduced = np.empty((m, REDUCED), dtype=np.float32)
         step = max(1, BLOCK // dim)
         for start in range(0, m, step):
-            reduced[start : start + step] = matrix[start : start + step] @ basis
+            reduced[start : start + step] = np.asarray(matrix[start : start + step], dtype=np.float32) @ basis
     else:
-        reduced = matrix
+        reduced = np.asarray(matrix, dtype=np.float32)
     k = max(1, min(m, math.ceil(CELLS_PER_ROOT * math.sqrt(m))))
     return [_nearest_cells(reduced, order, k, min(probes, k), seed * 7919 + table) for table in range(tables)]
+
+
+def _covariance(matrix: Matrix, rows: Indices, step: int = 2048) -> npt.NDArray[np.float64]:
+    """The covariance of these rows, gathered a few thousand at a time (no copy of them all, nor
+    of them centred: 80 MB at 20,000 x 512)."""
+    import numpy as np
+
+    dim = matrix.shape[1]
+    products = np.zeros((dim, dim), dtype=np.float64)
+    sums = np.zeros(dim, dtype=np.float64)
+    for start in range(0, len(rows), step):
+        block = np.asarray(matrix[rows[start : start + step]], dtype=np.float32)
+        products += (block.T @ block).astype(np.float64)
+        sums += block.sum(axis=0, dtype=np.float64)
+    mean = sums / max(len(rows), 1)
+    return products - len(rows) * np.outer(mean, mean)
 
 
 def _nearest_cells(reduced: Matrix, order: Indices, k: int, probes: int, seed: int) -> Indices:
