@@ -15,12 +15,15 @@ the other rarely does.
 Cost at 100,000 vectors of 512 dimensions: k = 1,265 cells of about 240 vectors (each vector in
 3); per partition 6.6·10⁹ multiply-adds of k-means, 8.1·10⁹ to place the vectors and 3.6·10¹⁰ to
 compare 7·10⁷ pairs, plus 8.5·10⁹ once for the principal components: 1.1·10¹¹ in all, against
-2.6·10¹² (5·10⁹ pairs) for brute force. Memory: the vectors themselves (used in place when they are
-unit float32 rows of distinct hashes, as the embedding store gives them; otherwise a normalised
-copy), 26 MB of projections, and products in blocks of at most ``BLOCK`` similarities (64 MB),
-never N x N. Measured: 5.3 s on a 2-core CPU that other jobs kept busy (about half of it free),
-with all of 1,000 planted pairs at cosine 0.98 found. The cells are compared one per core in
-threads (BLAS on one thread meanwhile: products of a few hundred rows split over cores only wait).
+2.6·10¹² (5·10⁹ pairs) for brute force. Memory: the vectors themselves (the export holds them as
+float16, 102 MB, and verifies the pairs found a little below the threshold at full precision;
+unit rows of distinct hashes are used in place, otherwise a normalised copy is made), 26 MB of
+projections, the principal components' covariance summed a few thousand rows at a time, and
+products in blocks of at most ``BLOCK`` similarities (16 MB), never N x N. Measured on this
+2-core machine: 2.4 s with float32 vectors, 3.1 s with float16 (the products are computed in
+float32 from them), all of 1,000 planted pairs at cosine 0.98 found. The cells are compared one
+per core in threads (BLAS on one thread meanwhile: products of a few hundred rows split over
+cores only wait).
 
 Recall: a pair is missed only when no partition gives the two vectors a common cell, and
 :func:`search_recall` measures how often against brute force on a sample. On random unit vectors
