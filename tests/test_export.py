@@ -171,6 +171,23 @@ def test_near_duplicates_never_straddle_splits(cli, photos, tmp_path):
     assert "groups" in json.loads((out / "metadata.json").read_text())["drift"]
 
 
+def test_a_new_look_alike_joins_its_earlier_image_s_split_on_a_re_export(cli, photos, tmp_path):
+    """A re-export looks for its new images' look-alikes among every stored vector (streamed past
+    them, not all held): a new shade of red joins the reds' split, whatever its own hash says."""
+    out = tmp_path / "dataset"
+    assert cli("export", photos, "--to", out, "--class", "classify.colours").code == 0
+    (red_split,) = {entry["split"] for entry in manifest_files(out).values() if entry["label"] == "red"}
+
+    make_image(photos / "red-new.png", size=(12, 12), color=(231, 12, 9))
+    assert cli("run", photos, "--plugins", "classify").code == 0
+    again = cli("export", photos, "--to", out, "--class", "classify.colours")
+
+    assert again.code == 0, again.log
+    assert "1 to add" in again.out and "20 up to date" in again.out
+    (new,) = [entry for entry in manifest_files(out).values() if entry["src"].endswith("red-new.png")]
+    assert new["label"] == "red" and new["split"] == red_split
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(cli, photos, tmp_path):
     out = tmp_path / "dataset"
     outcome = cli("export", photos, "--to", out, "--class", "classify.colours", "--dry-run")
