@@ -602,8 +602,9 @@ def cmd_label(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """A dataset from what the sidecars say: plan, apply, tables (see :mod:`analyzer.export`)."""
-    from .export.dataset import ExportOptions, run_export
+    from .export.dataset import run_export
     from .export.items import Condition
+    from .export.plan import ExportOptions
     from .selector import template_selectors
 
     texts = [args.label] if args.label else []

@@ -13,7 +13,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -22,9 +22,7 @@ from ..sidecar import atomic_write_bytes, atomic_write_lines
 from ..store import Store
 from .items import Item
 from .manifest import FOLDER
-
-if TYPE_CHECKING:
-    from .dataset import ExportOptions, Plan
+from .plan import ExportOptions, Plan
 
 TABLES = ("labels.jsonl", "labels.csv", "metadata.json", "report.txt", "report.json")
 
