@@ -378,7 +378,7 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
     there = _Listed(out) if manifest.trusted else None
     recipe = options.recipe()
     wanted_paths = {w.path for w in plan.wishes}
-    movable: dict[str, list[str]] | None = None  # content hash -> its files no wish keeps: made when first needed
+    others: list[Wish] = []  # not kept as they are: moved (the same content is elsewhere in OUT) or added
     for wish in plan.wishes:
         entry = manifest.files.get(wish.path)
         if entry is not None and entry.hash == wish.item.hash and entry.recipe == recipe:
@@ -398,8 +398,13 @@ def _diff(plan: Plan, manifest: Manifest, options: ExportOptions) -> None:
             if stale:
                 plan.captions.append(wish)
             continue
-        if movable is None:
-            movable = {h: [p for p in paths if p not in wanted_paths] for h, paths in manifest.by_hash().items()}
+        others.append(wish)
+    hashes = {wish.item.hash for wish in others}
+    movable: dict[str, list[str]] = {}  # content hash -> its files in OUT that no wish keeps
+    for path, entry in manifest.files.items():
+        if entry.hash in hashes and path not in wanted_paths:
+            movable.setdefault(entry.hash, []).append(path)
+    for wish in others:
         old = [
             p for p in movable.get(wish.item.hash, []) if manifest.files[p].recipe == recipe and os.path.exists(out + p)
         ]

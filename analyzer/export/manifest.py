@@ -146,12 +146,6 @@ class Manifest:
         """Content hash -> the split it was given (every earlier assignment is kept)."""
         return {entry.hash: entry.split for entry in self.files.values()}
 
-    def by_hash(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for path, entry in self.files.items():
-            found.setdefault(entry.hash, []).append(path)
-        return found
-
 
 class Journal:
     """Appends each finished change, a few hundred at a time, so an interrupted process loses at

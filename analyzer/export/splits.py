@@ -265,7 +265,10 @@ def look_alikes_of(
         block = _normalised(block)
         step = max(1, BLOCK // len(block))
         for start in range(0, len(fresh), step):
-            a, b = np.nonzero(block @ fresh[start : start + step].T >= threshold)
+            near = block @ fresh[start : start + step].T >= threshold
+            if not near.any():  # most blocks: nothing near (a scan, far cheaper than nonzero's)
+                continue
+            a, b = np.nonzero(near)
             x, y = block_rows[a], rows[b + start]
             other = x != y
             if other.any():
