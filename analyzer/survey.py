@@ -51,16 +51,17 @@ class Seen:
     describe other content)."""
     size: int
     sidecars: int | None = None
-    """A fingerprint of its sidecars as the walk found them (each one's plugin, size and mtime):
-    the same while none of them changed (an export reuses what it read from them last time)."""
+    """A fingerprint of its sidecars as the walk found them (each one's size and mtime, in plugin
+    order): the same while none of them changed (an export reuses what it read from them last time)."""
 
 
 def sidecars_fingerprint(rows: Mapping[str, SidecarRow | None]) -> int | None:
     """:attr:`Seen.sidecars` of an image whose sidecars' index rows are ``rows``: Python's hash of
-    their stats in plugin order (of numbers only, so the same in every process, unlike a hash of
-    text; another Python may give another, and an export then reads its images again, once)."""
-    stats = tuple(row.stat if row is not None else None for _, row in sorted(rows.items()))
-    return hash(stats) if any(stats) else None
+    their stats in plugin order, ``(-1, -1)`` for none. Of whole numbers only, so the same in every
+    process (a hash of text, or of None before Python 3.12, is not); another Python may give
+    another, and an export then reads its images again, once."""
+    stats = tuple(row.stat if row is not None else (-1, -1) for _, row in sorted(rows.items()))
+    return hash(stats) if any(row is not None for row in rows.values()) else None
 
 
 @dataclass(frozen=True)

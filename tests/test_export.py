@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -529,6 +531,19 @@ def test_an_ad_hoc_label_set_does_not_make_the_next_command_read_every_sidecar_a
 
     assert outcome.code == 0, outcome.log
     assert reads == []  # the classify command indexed what it wrote, under the same reading rules
+
+
+def test_a_sidecar_fingerprint_is_the_same_in_every_process():
+    """A re-export runs in another process than the export before it: the fingerprint it compares
+    must not depend on the process (Python's hash of text, or of None before 3.12, does)."""
+    code = (
+        "from analyzer.index import SidecarRow; from analyzer.survey import sidecars_fingerprint; "
+        "row = SidecarRow((1234, 1_700_000_000_123_456_789), 'sha256:ab', frozenset(), frozenset(), frozenset()); "
+        "print(sidecars_fingerprint({'metadata': row, 'classify': None, 'llm': row}))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="random")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout for _ in "ab"}
+    assert len(runs) == 1 and runs.pop().strip().lstrip("-").isdigit()
 
 
 @pytest.fixture
