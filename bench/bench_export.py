@@ -30,6 +30,8 @@ measured here, in this run (nothing hard-coded):
    new content hashes), ``analyzer run`` and ``analyzer classify`` analyse them as above (not
    timed), and the same export runs again into the same OUT (target: at most 10% of the first
    export's time). The manifest before and after must give every unchanged image the same split.
+   Printed apart: ``analyzer status DIR``, the walk every command does (each file stat'ed and
+   compared with the index), which a re-export cannot do without.
 3. **peak RSS** of each export subprocess (target: under 400 MB), from ``/usr/bin/time -v``
    (or, without it, a small Python wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss``): the peak
    of the export process itself, not of this benchmark (which holds torch).
@@ -646,6 +648,7 @@ def run(args: argparse.Namespace, work: Path, dropped: list[str]) -> int:
     first_s = statistics.median(c.wall for c in firsts)
     search_part(args, setup, state, first_s, report)
     agains = reexports(args, setup, state, first_s, report)
+    walk_part(args, setup, first_s, report)
     for name, runs in (("first export", firsts), ("re-export", agains)):
         peak = max(c.rss for c in runs)
         report.rows.append(
@@ -720,6 +723,24 @@ def search_part(args: argparse.Namespace, setup: Setup, state: State, first_s: f
             f"{search_s:.2f} s ({search.groups:,} groups, the largest {search.largest:,}; planted pairs in one "
             f"group {search.together:,}/{search.planted:,})",
             f"{search_s / first_s:.1%}",
+            "—",
+        )
+    )
+
+
+def walk_part(args: argparse.Namespace, setup: Setup, first_s: float, report: Report) -> None:
+    """The walk every command does (``analyzer status``: stat every file, compare with the index),
+    what a re-export cannot do without: its floor."""
+    cmd = [sys.executable, "-m", "analyzer", "status", str(setup.root), "--plugins", "metadata,classify"]
+    walks = [run_child(cmd, setup.cwd, what="analyzer status").wall for _ in range(args.repeat)]
+    walk_s = statistics.median(walks)
+    note(f"  the walk alone ({shown(cmd)}): {secs(walks)}")
+    report.rows.append(
+        Row(
+            f"of which the walk every command does, alone (analyzer status of the tree), median of {args.repeat}",
+            f"first export: {first_s:.2f} s",
+            f"{walk_s:.2f} s",
+            f"{walk_s / first_s:.1%}",
             "—",
         )
     )
