@@ -161,9 +161,9 @@ def atomic_write_lines(path: Path, lines: Iterable[bytes], owner: str | None = N
         for line in lines:
             chunk.append(line)
             if len(chunk) >= 4096:
-                _write_all(staged.fd, b"".join(chunk))
+                write_all(staged.fd, b"".join(chunk))
                 chunk = []
-        _write_all(staged.fd, b"".join(chunk))
+        write_all(staged.fd, b"".join(chunk))
     except BaseException:
         with contextlib.suppress(OSError):
             os.close(staged.fd)
@@ -176,7 +176,8 @@ def atomic_write_lines(path: Path, lines: Iterable[bytes], owner: str | None = N
     return found
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the file descriptor (``os.write`` may write less than asked)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -214,9 +215,7 @@ def stage(path: str | Path, data: bytes, owner: str | None = None) -> Staged:
         os.makedirs(os.path.dirname(tmp) or ".", exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

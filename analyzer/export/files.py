@@ -355,9 +355,7 @@ def _write_new(path: str | Path, data: bytes) -> None:
         fd = os.open(path, flags, 0o666)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            sidecar.write_all(fd, data)
         finally:
             os.close(fd)
     except BaseException:
@@ -440,9 +438,7 @@ def _copy_fd(src_fd: int, dst_fd: int) -> None:
         if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
     while chunk := os.read(src_fd, _CHUNK):  # sendfile cannot read this source: plain reads
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst_fd, view) :]
+        sidecar.write_all(dst_fd, chunk)
 
 
 def _copy(src: Path, dst: Path) -> None:
