@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,38 +233,45 @@ def _look_alikes_of_new(
     and one chunk, not for every vector (205 MB at 100,000 x 512)."""
     import numpy as np
 
-    from ..embeddings import KEY_BYTES, key_of
     from .splits import look_alikes_of
 
     model = _vectors_model(stores, options)
     if model is None:
         return []
-    rows: list[int] = []
-    vectors: list[Any] = []
-    for store in stores:
-        part = [n for n, item in enumerate(items) if fresh[n] and item.root == store.root]
-        for n, vector in zip(part, store.embeddings.model(model).get([items[k].hash for k in part]), strict=True):
-            if vector is not None:
-                rows.append(n)
-                vectors.append(vector)
-    if not vectors:
+    found = list(_stored_vectors(items, [n for n, new in enumerate(fresh) if new], stores, model))
+    if not found:
         return []
-    new = np.stack(vectors)
-    new_rows = np.asarray(rows, dtype=np.int64)
+    new_rows = np.asarray([n for n, _ in found], dtype=np.int64)
+    new = np.stack([vector for _, vector in found])
     pairs: list[tuple[Any, Any]] = []
     for store in stores:
-        row_of = {key_of(item.hash): n for n, item in enumerate(items) if item.root == store.root}
-
-        def blocks(store: Store = store, row_of: dict[bytes, int] = row_of) -> Any:
-            for keys, chunk in store.embeddings.model(model).chunks(rows=8192):
-                at = np.fromiter(
-                    (row_of.get(key.ljust(KEY_BYTES, b"\0"), -1) for key in keys.tolist()), np.int64, len(keys)
-                )
-                known = at >= 0
-                yield at[known], chunk[known]
-
-        pairs += look_alikes_of(new, new_rows, blocks(), options.near_duplicates)
+        pairs += look_alikes_of(new, new_rows, _stored_blocks(items, store, model), options.near_duplicates)
     return pairs
+
+
+def _stored_vectors(
+    items: list[Item], rows: Sequence[int], stores: Sequence[Store], model: str
+) -> Iterator[tuple[int, Any]]:
+    """(row, stored vector) of these item rows that have one, looked up a batch at a time per store."""
+    for store in stores:
+        part = [n for n in rows if items[n].root == store.root]
+        for start in range(0, len(part), 8192):
+            batch = part[start : start + 8192]
+            stored = store.embeddings.model(model).get([items[n].hash for n in batch])
+            yield from ((n, vector) for n, vector in zip(batch, stored, strict=True) if vector is not None)
+
+
+def _stored_blocks(items: list[Item], store: Store, model: str) -> Iterator[tuple[Any, Any]]:
+    """Every vector the store holds for the items, a chunk at a time: (item rows, their vectors)."""
+    import numpy as np
+
+    from ..embeddings import KEY_BYTES, key_of
+
+    row_of = {key_of(item.hash): n for n, item in enumerate(items) if item.root == store.root}
+    for keys, chunk in store.embeddings.model(model).chunks(rows=8192):
+        at = np.fromiter((row_of.get(key.ljust(KEY_BYTES, b"\0"), -1) for key in keys.tolist()), np.int64, len(keys))
+        known = at >= 0
+        yield at[known], chunk[known]
 
 
 def _verifier(items: list[Item], stores: Sequence[Store], options: ExportOptions) -> Callable[[Any, Any], Any]:
@@ -272,24 +279,17 @@ def _verifier(items: list[Item], stores: Sequence[Store], options: ExportOptions
     their stored float32 vectors (a few thousand reads: the pairs near or above the threshold)."""
     import numpy as np
 
+    from .splits import normalised
+
     model = _vectors_model(stores, options)
+    assert model is not None  # there were vectors to search
 
     def verify(a: Any, b: Any) -> Any:
-        rows = np.unique(np.concatenate([a, b]))
-        found: dict[int, Any] = {}
-        for store in stores:
-            part = [int(n) for n in rows if items[n].root == store.root]
-            if part and model is not None:
-                stored = store.embeddings.model(model).get([items[n].hash for n in part])
-                found.update((n, v) for n, v in zip(part, stored, strict=True) if v is not None)
-        dims = next(iter(found.values())).shape[0] if found else 1
-        zero = np.zeros(dims, dtype=np.float32)
-        left = np.stack([found.get(int(n), zero) for n in a]).astype(np.float32)
-        right = np.stack([found.get(int(n), zero) for n in b]).astype(np.float32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-            cosine = np.einsum("ij,ij->i", left, right) / norms
-        return np.nan_to_num(cosine, nan=-1.0) >= options.near_duplicates
+        found = dict(_stored_vectors(items, np.unique(np.concatenate([a, b])).tolist(), stores, model))
+        zero = np.zeros(next(iter(found.values())).shape[0] if found else 1, dtype=np.float32)
+        left = normalised(np.stack([found.get(int(n), zero) for n in a]))
+        right = normalised(np.stack([found.get(int(n), zero) for n in b]))
+        return np.einsum("ij,ij->i", left, right) >= options.near_duplicates
 
     return verify
 
@@ -301,37 +301,29 @@ def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions)
     of it, else looked up (a batch at a time)."""
     import numpy as np
 
-    from ..embeddings import KEY_BYTES, key_of
-
     model = _vectors_model(stores, options)
     if model is None:
         return None, None
     matrix: Any = None
     has = [False] * len(items)
 
-    def put(n: int, vector: Any) -> None:
+    def put(rows: list[int], vectors: Any) -> None:
         nonlocal matrix
         if matrix is None:
-            matrix = np.zeros((len(items), len(vector)), dtype=np.float16)
-        matrix[n] = vector
-        has[n] = True
+            matrix = np.zeros((len(items), vectors.shape[1]), dtype=np.float16)
+        matrix[rows] = vectors
+        for n in rows:
+            has[n] = True
 
     for store in stores:
         rows = [n for n, item in enumerate(items) if item.root == store.root]
-        stored = store.embeddings.model(model)
-        if rows and len(rows) * 2 >= len(stored):
-            wanted = {key_of(items[n].hash): n for n in rows}
-            for keys, chunk in stored.chunks(rows=8192):
-                for i, key in enumerate(keys.tolist()):
-                    n = wanted.get(key.ljust(KEY_BYTES, b"\0"))
-                    if n is not None:
-                        put(n, chunk[i])
+        if rows and len(rows) * 2 >= len(store.embeddings.model(model)):
+            for at, chunk in _stored_blocks(items, store, model):
+                if len(at):
+                    put(at.tolist(), chunk)
             continue
-        for start in range(0, len(rows), 8192):
-            part = rows[start : start + 8192]
-            for n, vector in zip(part, stored.get([items[k].hash for k in part]), strict=True):
-                if vector is not None:
-                    put(n, vector)
+        for n, vector in _stored_vectors(items, rows, [store], model):  # a row at a time: no second copy
+            put([n], vector[None])
     return (matrix, has) if matrix is not None else (None, None)
 
 

@@ -258,11 +258,11 @@ def look_alikes_of(
     and its products (BLOCK) whatever the count. Zero or non-finite vectors match nothing."""
     import numpy as np
 
-    fresh = _normalised(fresh)
+    fresh = normalised(fresh)
     for block_rows, block in stored:
         if not len(block_rows):
             continue
-        block = _normalised(block)
+        block = normalised(block)
         step = max(1, BLOCK // len(block))
         for start in range(0, len(fresh), step):
             near = block @ fresh[start : start + step].T >= threshold
@@ -275,7 +275,7 @@ def look_alikes_of(
                 yield x[other].astype(np.int64), y[other].astype(np.int64)
 
 
-def _normalised(block: Matrix) -> Matrix:
+def normalised(block: Matrix) -> Matrix:
     """Unit rows (float32); rows that are zero or not finite stay zero (and match nothing)."""
     import numpy as np
 
