@@ -180,11 +180,15 @@ def _created(entry: Mapping[str, Any]) -> float:
 def _newest(by_model: Mapping[str, Mapping[str, Any]], models: list[str]) -> str:
     """The model whose result was made last (ties: the first by name). Times as the analyzer writes
     them (``2026-11-23T17:20:38.518Z``, UTC) compare as text; others are parsed."""
-    stamps = [by_model[m].get("created_at") for m in models]
-    if all(isinstance(t, str) and len(t) == 24 and t[-1] == "Z" and t[10] == "T" for t in stamps):
-        latest = max(stamps)  # type: ignore[type-var]  # all text, checked
-        return min(m for m, t in zip(models, stamps, strict=True) if t == latest)
-    return min(models, key=lambda m: (-_created(by_model[m]), m))
+    latest: str | None = None
+    chosen = models[0]
+    for model in models:  # one pass, no generators: run for every image an export reads
+        stamp = by_model[model].get("created_at")
+        if not (type(stamp) is str and len(stamp) == 24 and stamp[-1] == "Z" and stamp[10] == "T"):
+            return min(models, key=lambda m: (-_created(by_model[m]), m))
+        if latest is None or stamp > latest or (stamp == latest and model < chosen):
+            latest, chosen = stamp, model
+    return chosen
 
 
 def _resolved(

@@ -9,6 +9,7 @@ the images whose results pass every condition.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -88,7 +89,7 @@ class Wanted:
     """A selector (``llm.describe``) or a template (``"mytoken, {classify.animals}"``)."""
     where: tuple[Condition, ...] = ()
 
-    @property
+    @functools.cached_property
     def caption_selectors(self) -> list[Selector]:
         if self.caption is None:
             return []
@@ -96,7 +97,7 @@ class Wanted:
             return template_selectors(self.caption)
         return [Selector.parse(self.caption)]
 
-    @property
+    @functools.cached_property
     def manual(self) -> Selector | None:
         """For a class named with ``@model`` (``classify.animals@refined``): the hand-given label of
         the same mode, which wins over it as it wins over every model's."""
