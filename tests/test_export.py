@@ -190,6 +190,28 @@ def test_a_new_look_alike_joins_its_earlier_image_s_split_on_a_re_export(cli, ph
     assert new["label"] == "red" and new["split"] == red_split
 
 
+def test_an_exported_file_keeps_its_name_when_a_new_image_of_the_same_name_comes(cli, photos, tmp_path):
+    """Names are made unique by content (``<stem>-<hash8>``): a newcomer whose name is taken gets the
+    suffix, whichever folder it sorts in; the file exported earlier keeps its name."""
+    out = tmp_path / "dataset"
+    make_image(photos / "later" / "cat.png", size=(12, 12), color=(200, 30, 25))
+    assert cli("run", photos, "--plugins", "classify").code == 0
+    assert cli("export", photos, "--to", out, "--class", "classify.colours").code == 0
+    before = {entry["src"]: path for path, entry in manifest_files(out).items()}
+    assert before[str(photos / "later" / "cat.png")].endswith("/cat.png")
+
+    make_image(photos / "a-first" / "cat.png", size=(12, 12), color=(210, 25, 30))  # sorts first
+    assert cli("run", photos, "--plugins", "classify").code == 0
+    again = cli("export", photos, "--to", out, "--class", "classify.colours")
+
+    assert again.code == 0, again.log
+    assert "1 to add, 0 to move, 0 to remove, 21 up to date" in again.out
+    after = {entry["src"]: path for path, entry in manifest_files(out).items()}
+    assert {src: after[src] for src in before} == before
+    newcomer = after[str(photos / "a-first" / "cat.png")]
+    assert newcomer.rpartition("/")[2].startswith("cat-") and newcomer not in before.values()
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(cli, photos, tmp_path):
     out = tmp_path / "dataset"
     outcome = cli("export", photos, "--to", out, "--class", "classify.colours", "--dry-run")

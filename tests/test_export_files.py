@@ -199,6 +199,19 @@ def test_file_names_follow_from_the_order_of_requests() -> None:
     assert one.name_for("A.PNG", "sha256:" + "3" * 64) == "A-33333333.PNG"
 
 
+def test_names_kept_from_an_earlier_export_come_before_any_request() -> None:
+    earlier, newcomer = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    names = FileNames()
+
+    assert names.keep("a.png", earlier)
+    assert names.name_for("a.png", newcomer) == "a-22222222.png"  # the newcomer is told apart
+    assert names.name_for("a.png", earlier) == "a.png"
+    assert not names.keep("a.PNG", "sha256:" + "3" * 64)  # taken (case-folded)
+    assert not names.keep("b.png", earlier)  # that content has its name already
+    assert not names.keep("..", "sha256:" + "4" * 64)  # not a name file_name would give: named afresh
+    assert not names.keep("con.png", "sha256:" + "5" * 64)
+
+
 def test_stems_stay_apart_so_captions_do() -> None:
     names = FileNames()
     assert names.name_for("a.png", "sha256:" + "1" * 64) == "a.png"

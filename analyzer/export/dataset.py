@@ -112,7 +112,7 @@ def plan_export(
         items, capped = _cap(items, options.max_per_class, options.seed)
         plan.skipped += capped
     splits, plan.drift = _splits(items, stores, options, manifest)
-    plan.wishes = _wishes(items, splits, options)
+    plan.wishes = _wishes(items, splits, options, manifest)
     _diff(plan, manifest, options)
     return plan, manifest
 
@@ -327,13 +327,20 @@ def _vectors(items: list[Item], stores: Sequence[Store], options: ExportOptions)
     return (matrix, has) if matrix is not None else (None, None)
 
 
-def _wishes(items: list[Item], splits: list[str], options: ExportOptions) -> list[Wish]:
+def _wishes(items: list[Item], splits: list[str], options: ExportOptions, manifest: Manifest) -> list[Wish]:
+    """Where each item goes in OUT. A content exported before keeps its file name (a newcomer of
+    the same name gets the ``-<hash8>`` suffix, whichever folder it comes from)."""
     from .files import FileNames, FolderNames
 
     labels = sorted({item.label for item in items if item.label is not None})
     prefix = f"{options.repeats}_" if options.layout == "kohya" else ""
     folders = FolderNames(labels, max_bytes=255 - len(prefix.encode()))
     names = FileNames()
+    exported = {item.hash for item in items}
+    for path in sorted(manifest.files):
+        entry = manifest.files[path]
+        if entry.hash in exported:
+            names.keep(path.rpartition("/")[2], entry.hash)
     wishes = []
     for item, split in zip(items, splits, strict=True):
         name = names.name_for(item.rel.rpartition("/")[2], item.hash)

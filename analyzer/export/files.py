@@ -261,7 +261,8 @@ class FileNames:
     :meth:`name_for` gives a file its own (sanitised, :func:`file_name`) name when that is free,
     else ``<stem>-<first 8 hex digits of its content hash><suffix>``; asked again for a content
     hash it has named, it returns that first name (export the content once). The names follow
-    from the order of the requests alone.
+    from the order of the requests alone, after the names given with :meth:`keep` (a re-export's
+    names from the export before, so that no newcomer takes an earlier file's name).
 
     ``unique_stems`` (the default) keeps stems apart too, not only whole names: ``a.png`` and a
     different ``a.jpg`` would share the caption ``a.txt`` of a kohya dataset, so the second
@@ -295,6 +296,17 @@ class FileNames:
         self._taken.add(self._key(stem, extension))
         self._by_hash[content_hash] = stem + extension
         return stem + extension
+
+    def keep(self, name: str, content_hash: str) -> bool:
+        """Give ``content_hash`` the ``name`` it had before, if that name is free and the content has
+        none yet: what :meth:`name_for` then returns for it. Whether it was kept."""
+        stem, extension = _split_extension(name)
+        key = self._key(stem, extension)
+        if content_hash in self._by_hash or key in self._taken or file_name(name, max_bytes=self.max_bytes) != name:
+            return False
+        self._taken.add(key)
+        self._by_hash[content_hash] = name
+        return True
 
     def _key(self, stem: str, extension: str) -> str:
         return _key(stem if self.unique_stems else stem + extension)
