@@ -70,9 +70,12 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import benchlib
+from benchlib import Row, note, reset_peak, status_mb
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]  # this checkout's code, not another
@@ -92,30 +95,8 @@ PER_FOLDER = 500
 
 
 # -- small helpers -----------------------------------------------------------------------------------
-def status_mb(name: str) -> float:
-    """A ``/proc/self/status`` memory figure (``VmHWM``, ``VmRSS``) in MB (10^6 bytes)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs`` 5); False if refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def fake_hash(i: int) -> str:
     return "sha256:" + hashlib.sha256(f"bench-classify-{i}".encode()).hexdigest()
-
-
-def note(text: str) -> None:
-    print(text, flush=True)
 
 
 def wait_for_quiet() -> None:
@@ -129,29 +110,9 @@ def wait_for_quiet() -> None:
 
 
 @dataclass
-class Row:
-    """One line of the results table."""
-
-    name: str
-    baseline: str
-    ours: str
-    ratio: str
-    target: str
-    met: bool | None = None
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
+class Report(benchlib.Report):
     pipeline_wall: float | None = None
     """Best wall time of the pipeline over the images (the re-encode baseline's source)."""
-
-    def print(self) -> None:
-        print("\n| measurement | baseline | ours | ratio | target | met |")
-        print("| --- | --- | --- | ---: | --- | --- |")
-        for r in self.rows:
-            met = "—" if r.met is None else ("met" if r.met else "NOT MET")
-            print(f"| {r.name} | {r.baseline} | {r.ours} | {r.ratio} | {r.target} | {met} |")
 
 
 # -- images ------------------------------------------------------------------------------------------
@@ -825,7 +786,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         note(f"  memory (load average {os.getloadavg()[0]:.2f}; its seconds are for information only)")
         memory(args, work, report)
     report.print()
-    missed = [r.name for r in report.rows if r.met is False]
+    missed = report.missed()
     if missed:
         note(f"\n{len(missed)} target(s) not met: " + "; ".join(missed))
     return 0

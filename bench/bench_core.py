@@ -55,11 +55,12 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchlib import secs, timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -247,20 +248,6 @@ def median_of(runs: list[Child]) -> Child:
         statistics.median(r.rss for r in runs),
         max(r.code for r in runs),
     )
-
-
-def timed(n: int, fn: Callable[[], object]) -> list[float]:
-    """Seconds of each of ``n`` calls of ``fn``."""
-    out = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return out
-
-
-def secs(values: list[float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values) + " s"
 
 
 def cold_runs(args: argparse.Namespace, work: Path, template: Path, count: int, repeat: int) -> Child:

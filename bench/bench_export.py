@@ -71,10 +71,12 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchlib import Report, Row, note, secs, timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]  # this checkout's code, not another
@@ -101,10 +103,6 @@ RSS_WRAPPER = (
     "print(f'Maximum resident set size (kbytes): {peak}', file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
-
-
-def note(text: str) -> None:
-    print(text, flush=True)
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -528,41 +526,6 @@ def near_duplicate_search(root: Path, out: Path, threshold: float, repeat: int, 
 
 
 # -- report -----------------------------------------------------------------------------------------
-def timed(n: int, fn: Callable[[], object]) -> list[float]:
-    out = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return out
-
-
-def secs(values: Sequence[float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values) + " s"
-
-
-@dataclass
-class Row:
-    name: str
-    baseline: str
-    ours: str
-    ratio: str
-    target: str
-    met: bool | None = None
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def print(self) -> None:
-        print("\n| measurement | baseline | ours | ratio | target | met |")
-        print("| --- | --- | --- | ---: | --- | --- |")
-        for r in self.rows:
-            met = "—" if r.met is None else ("met" if r.met else "NOT MET")
-            print(f"| {r.name} | {r.baseline} | {r.ours} | {r.ratio} | {r.target} | {met} |")
-
-
 def load_text() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -695,7 +658,7 @@ def run(args: argparse.Namespace, work: Path, dropped: list[str]) -> int:
         )
     note(f"  load average after: {load_text()} (1/5/15 min)")
     report.print()
-    missed = [r.name for r in report.rows if r.met is False]
+    missed = report.missed()
     if missed:
         note(f"\n{len(missed)} target(s) not met: " + "; ".join(missed))
     return 0

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from benchlib import reset_peak, status_mb
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]  # this checkout's code, not another
@@ -242,24 +243,6 @@ def collapse(args: argparse.Namespace, verdicts: list[tuple[str, bool]]) -> None
             table[:, 5].sum() >= table[:, 4].sum(),
         )
     )
-
-
-def status_mb(name: str) -> float:
-    """A ``/proc/self/status`` figure (``VmHWM``, ``VmRSS``) in MB (10^6 bytes)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs`` 5); False if refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def scale(args: argparse.Namespace, verdicts: list[tuple[str, bool]]) -> None:
