@@ -383,8 +383,8 @@ def change_some(root: Path, state: State, state_file: Path, cwd: Path, dims: int
 def manifest_entries(out: Path) -> dict[str, dict[str, Any]]:
     """OUT's manifest: path in OUT -> entry (src, hash, split, label, ...)."""
     header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    assert json.loads(header)["version"] in (2, 3), "a manifest of another version"
-    return {record.pop("path"): record for record in map(json.loads, lines)}
+    assert json.loads(header)["version"] in (2, 3, 4), "a manifest of another version"
+    return {record.pop("path"): record for record in map(json.loads, lines) if "path" in record}
 
 
 def split_by_hash(entries: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -44,10 +44,11 @@ def photos(tmp_path: Path, cli) -> Path:  # type: ignore[no-untyped-def]
 
 
 def manifest_files(out: Path) -> dict[str, dict]:
-    """The dataset's manifest: a header line, then one line per file in OUT (path, src, hash, split...)."""
+    """The dataset's manifest: a header line, then one line per file in OUT (path, src, hash, split...),
+    then one per image the filters left out (``filtered``: its source)."""
     header, *lines = (out / ".analyzer-export" / "manifest.jsonl").read_text().splitlines()
-    assert json.loads(header)["version"] == 3
-    return {record.pop("path"): record for record in map(json.loads, lines)}
+    assert json.loads(header)["version"] == 4
+    return {record.pop("path"): record for record in map(json.loads, lines) if "filtered" not in record}
 
 
 def exported(out: Path) -> list[str]:
@@ -609,3 +610,46 @@ def test_a_re_export_reads_again_only_the_images_whose_sidecars_changed(cli, pho
     results_asked.clear()  # read another way (another caption): every image is read again
     assert cli(*ask[:-1], "{classify.colours}").code == 0
     assert sorted(results_asked) == sorted(p.name for p in photos.glob("*.png"))
+
+
+def test_images_a_filter_left_out_are_not_read_again_until_their_sidecars_change(cli, photos, tmp_path, results_asked):
+    """The manifest remembers which images ``--where`` left out (and from which sidecars): a re-export
+    reads them again only when those change."""
+    out = tmp_path / "dataset"
+    ask = ("export", photos, "--to", out, "--class", "classify.colours", "--where", "classify.colours!=red")
+    first = cli(*ask)
+    assert first.code == 0, first.log
+    assert "8 left out" in first.out and len(manifest_files(out)) == 12
+
+    results_asked.clear()
+    again = cli(*ask)
+    assert again.code == 0, again.log
+    assert results_asked == [] and "8 left out" in again.out  # still left out, not read again
+
+    assert cli("label", "set", photos / "red-0.png", "blue", "--set", "colours").code == 0
+    results_asked.clear()
+    relabelled = cli(*ask)
+
+    assert relabelled.code == 0, relabelled.log
+    assert results_asked == ["red-0.png"]  # its sidecar changed: read, and now in
+    assert "1 to add" in relabelled.out and "7 left out" in relabelled.out
+    assert any(entry["src"].endswith("red-0.png") for entry in manifest_files(out).values())
+
+
+def test_a_manifest_of_the_version_before_is_read_as_it_is(cli, photos, tmp_path):
+    """Version 3 had no lines for the images the filters left out: its files are kept, and those
+    images are read again, once."""
+    out = tmp_path / "dataset"
+    ask = ("export", photos, "--to", out, "--class", "classify.colours", "--where", "classify.colours!=red")
+    assert cli(*ask).code == 0
+    path = out / ".analyzer-export" / "manifest.jsonl"
+    header, *lines = path.read_text().splitlines()
+    older = [json.dumps({**json.loads(header), "version": 3}), *(line for line in lines if '"filtered"' not in line)]
+    path.write_text("\n".join(older) + "\n")
+
+    again = cli(*ask)
+
+    assert again.code == 0, again.log
+    assert "0 to add, 0 to move, 0 to remove, 12 up to date" in again.out and "8 left out" in again.out
+    assert len(manifest_files(out)) == 12  # now version 4 again, with its filtered lines
+    assert sum('"filtered"' in line for line in path.read_text().splitlines()) == 8

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -30,8 +30,8 @@ from ..selector import Selector
 from ..settings import Settings
 from ..store import Store
 from ..survey import Seen
-from .items import Item, Missing, Wanted, read_items
-from .manifest import FOLDER, Entry, Journal, Manifest
+from .items import FILTERED, Item, Missing, Wanted, read_items
+from .manifest import FOLDER, Entry, Filtered, Journal, Manifest
 from .plan import SPLIT_LAYOUTS, UNSURE, ExportOptions, ExportResult, Plan, Wish
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def plan_export(
     )
     manifest = Manifest.load(options.to)
     reading = reading_digest(options, preferred)
-    items, missing, skipped = read_items(
+    items, missing, filtered = read_items(
         stores,
         wanted,
         preferred,
@@ -106,7 +106,12 @@ def plan_export(
     )
     if missing:
         raise MissingResults(missing_message(missing, wanted, paths))
-    plan = Plan(skipped=skipped, reading=reading)
+    plan = Plan(skipped=len(filtered), reading=reading)
+    plan.filtered = {
+        os.path.join(root, image.rel): Filtered(image.hash, image.sidecars)
+        for root, image in filtered
+        if image.hash is not None  # always: only hashed images are read
+    }
     items, plan.duplicates = _once_per_content(items)
     if options.max_per_class is not None:
         items, capped = _cap(items, options.max_per_class, options.seed)
@@ -137,14 +142,21 @@ def reading_digest(options: ExportOptions, preferred: Mapping[str, Mapping[str, 
     return hashlib.sha256(orjson.dumps(recipe, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-def _reuse(manifest: Manifest) -> Callable[[Path, Seen], Item | None]:
-    """What gives an image's item as the last export read it, when its content and sidecars are as
-    they were then (the manifest says what it read and from which sidecars)."""
+def _reuse(manifest: Manifest) -> Callable[[Path, Seen], Item | Literal["filtered"] | None]:
+    """What gives an image's item as the last export read it, or says that its filters left it out,
+    when its content and sidecars are as they were then (the manifest says what it read and from
+    which sidecars)."""
     by_source = {entry.src: entry for entry in manifest.files.values() if entry.sidecars is not None}
 
-    def reuse(root: Path, image: Seen) -> Item | None:
-        entry = by_source.get(os.path.join(root, image.rel))
-        if entry is None or entry.sidecars != image.sidecars or entry.hash != image.hash or image.hash is None:
+    def reuse(root: Path, image: Seen) -> Item | Literal["filtered"] | None:
+        source = os.path.join(root, image.rel)
+        if image.hash is None or image.sidecars is None:
+            return None
+        entry = by_source.get(source)
+        if entry is None:
+            left = manifest.filtered.get(source)
+            return FILTERED if left == Filtered(image.hash, image.sidecars) else None
+        if entry.sidecars != image.sidecars or entry.hash != image.hash:
             return None
         return Item(
             root,
@@ -474,7 +486,7 @@ def apply_plan(plan: Plan, manifest: Manifest, options: ExportOptions, report: M
     except BaseException:
         journal.abandon()
         raise
-    journal.close(options.record(), plan.reading)
+    journal.close(options.record(), plan.reading, plan.filtered)
     if options.zip is not None:
         result.zip_path = write_zip(out, options.zip)
     return result

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -200,6 +200,11 @@ def indexed_images(store: Store) -> list[Seen]:
     return found
 
 
+FILTERED: Final = "filtered"
+"""What ``reuse`` in :func:`read_items` gives for an image the filters left out last time (its
+sidecars unchanged since): it stays out, unread."""
+
+
 def read_items(
     stores: Sequence[Store],
     wanted: Wanted,
@@ -209,20 +214,21 @@ def read_items(
     min_confidence: float | None = None,
     below: str = "skip",
     unsure: str = "_unsure",
-    reuse: Callable[[Path, Seen], Item | None] | None = None,
-) -> tuple[list[Item], Missing, int]:
+    reuse: Callable[[Path, Seen], Item | Literal["filtered"] | None] | None = None,
+) -> tuple[list[Item], Missing, list[tuple[Path, Seen]]]:
     """Every image (``found``: the images a walk found, per root; else the ones the index knows)
-    with what the export needs (blocking): (items, the images missing a result, how many
-    ``--where`` or ``--min-confidence`` left out).
+    with what the export needs (blocking): (items, the images missing a result, the images
+    ``--where`` or ``--min-confidence`` left out, with their roots).
 
     The values come from the index's copy of the results, a folder at a time; an image's sidecars
     are read only where the index has no results for it (and to say why a result is missing).
-    ``reuse(root, image)`` may give an image's item as an earlier export read it (its sidecars
-    unchanged since): then nothing is read for it."""
+    ``reuse(root, image)`` may give an image's item as an earlier export read it, or
+    :data:`FILTERED` for an image it left out (its sidecars unchanged since): then nothing is read
+    for it."""
     selectors = wanted.selectors
     items: list[Item] = []
     missing = Missing()
-    left_out = 0
+    left_out: list[tuple[Path, Seen]] = []
     for store in stores:
         seen = found.get(store.root, ()) if found is not None else indexed_images(store)
         ordered = sorted(seen, key=lambda image: image.rel.rpartition("/")[::2])  # by folder, then name
@@ -234,13 +240,16 @@ def read_items(
         pairs = [(image.rel, image.hash) for image, item in zip(hashed, earlier, strict=True) if item is None]
         read = store.values_of(pairs, selectors, preferred)  # type: ignore[arg-type]  # hashed: str
         for image, known in zip(hashed, earlier, strict=True):
+            if known == FILTERED:
+                left_out.append((store.root, image))
+                continue
             if known is not None:
                 items.append(known)
                 continue
             values, failed = next(read)
             item = _item(store, image, wanted, values, failed, min_confidence, below, unsure)
             if item is None:
-                left_out += 1
+                left_out.append((store.root, image))
             elif isinstance(item, str):
                 missing.add(item, store.root / image.rel)
             else:

@@ -1,7 +1,7 @@
 """The manifest of an exported dataset: what each file in OUT is and where it came from.
 
 ``OUT/.analyzer-export/manifest.jsonl`` is rewritten (atomically) at the end of every export: a
-first line ``{"version": 3, "options": {...}, "reading": ...}``, then one line per file in OUT,
+first line ``{"version": 4, "options": {...}, "reading": ...}``, then one line per file in OUT,
 ``{"path": ..., "src": ..., "hash": ..., "split": ..., ...}`` (:class:`Entry`), in path order. It is written and
 read a line at a time, so memory holds the entries, never the whole text or its parse tree (a
 100,000-image manifest is about 40 MB of JSON). While an export runs, each finished file is
@@ -14,7 +14,10 @@ Each entry also keeps what the export read for its image (class, confidence, lab
 a fingerprint of the sidecars it read them from (:attr:`analyzer.survey.Seen.sidecars`), and the
 head a digest of how they were read (``reading``: the selectors, filters and configured models):
 while both are the same, the next export takes them from here instead of reading the store again.
-A version 2 manifest (without them) is read as it is: its images are read again, once.
+After the entries, one line per image that ``--where`` or ``--min-confidence`` left out,
+``{"filtered": src, "hash": ..., "sidecars": ...}`` (:class:`Filtered`): it stays out, unread,
+while its sidecars are the same. Manifests of versions 2 (without any of this: their images are
+read again, once) and 3 (without the filtered images) are read as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,8 @@ from ..sidecar import atomic_write_lines
 log = logging.getLogger(__name__)
 
 FOLDER = ".analyzer-export"
-VERSION = 3
-READABLE = (2, 3)
+VERSION = 4
+READABLE = (2, 3, 4)
 MANIFEST = "manifest.jsonl"
 
 
@@ -65,6 +68,16 @@ class Entry:
     """The caption's text."""
 
 
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    """An image the export's filters left out (``--where``, ``--min-confidence`` without ``--below
+    folder``), as it was when they did."""
+
+    hash: str
+    sidecars: int | None
+    """The fingerprint of the sidecars it was read from (None: not known, read it again)."""
+
+
 @dataclass
 class Manifest:
     folder: Path
@@ -78,6 +91,8 @@ class Manifest:
     """An earlier export was interrupted (its journal was there)."""
     finished: float | None = None
     """When the last export finished (epoch seconds)."""
+    filtered: dict[str, Filtered] = field(default_factory=dict)
+    """Source path -> the image the filters left out last time."""
 
     @property
     def trusted(self) -> bool:
@@ -93,6 +108,7 @@ class Manifest:
     def load(out: Path) -> Manifest:
         folder = out / FOLDER
         files: dict[str, Entry] = {}
+        filtered: dict[str, Filtered] = {}
         options: dict[str, Any] = {}
         reading = finished = None
         try:
@@ -104,6 +120,9 @@ class Manifest:
                     finished = head.get("finished")
                     for line in handle:
                         record = orjson.loads(line)
+                        if "filtered" in record:
+                            filtered[record["filtered"]] = Filtered(record["hash"], record.get("sidecars"))
+                            continue
                         path = record.pop("path")
                         files[path] = Entry(**record)
                 else:
@@ -112,13 +131,14 @@ class Manifest:
             pass
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("%s: the manifest cannot be read (%s): the export starts over", folder, exc)
-            files, options, reading, finished = {}, {}, None, None
+            files, filtered, options, reading, finished = {}, {}, {}, None, None
         manifest = Manifest(
             folder,
             files,
             options,
             reading if isinstance(reading, str) else None,
             finished=finished if isinstance(finished, (int, float)) else None,
+            filtered=filtered,
         )
         for path, entry in manifest.journal():  # an interrupted export's finished work
             manifest.interrupted = True
@@ -174,11 +194,13 @@ class Journal:
         self._handle.flush()
         self._pending = 0
 
-    def close(self, options: Mapping[str, Any], reading: str | None = None) -> None:
-        """Write the whole manifest and drop the journal."""
+    def close(
+        self, options: Mapping[str, Any], reading: str | None = None, filtered: Mapping[str, Filtered] | None = None
+    ) -> None:
+        """Write the whole manifest (with the images the filters left out now) and drop the journal."""
         self.flush()
         self._handle.close()
-        write_manifest(self.manifest.folder / MANIFEST, options, self.manifest.files, reading)
+        write_manifest(self.manifest.folder / MANIFEST, options, self.manifest.files, reading, filtered)
         (self.manifest.folder / "journal.jsonl").unlink(missing_ok=True)
 
     def abandon(self) -> None:
@@ -198,7 +220,11 @@ def booted_at() -> float | None:
 
 
 def write_manifest(
-    path: Path, options: Mapping[str, Any], files: Mapping[str, Entry], reading: str | None = None
+    path: Path,
+    options: Mapping[str, Any],
+    files: Mapping[str, Entry],
+    reading: str | None = None,
+    filtered: Mapping[str, Filtered] | None = None,
 ) -> None:
     """Write the manifest a line at a time under a temporary name, fsync, rename."""
     line = orjson.OPT_APPEND_NEWLINE
@@ -208,4 +234,8 @@ def write_manifest(
     rows = (
         b'{"path":' + orjson.dumps(name) + b"," + orjson.dumps(files[name], option=line)[1:] for name in sorted(files)
     )
-    atomic_write_lines(path, itertools.chain([head_line], rows))
+    left = filtered or {}
+    left_rows = (
+        b'{"filtered":' + orjson.dumps(src) + b"," + orjson.dumps(left[src], option=line)[1:] for src in sorted(left)
+    )
+    atomic_write_lines(path, itertools.chain([head_line], rows, left_rows))

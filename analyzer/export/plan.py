@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
 from .items import Item
+from .manifest import Filtered
 
 LAYOUTS = ("classes", "splits", "imagefolder", "kohya")
 SPLIT_LAYOUTS = ("splits", "imagefolder")
@@ -96,6 +97,8 @@ class Plan:
     """Images left out because the same content is exported already (copies in several places)."""
     left_out: set[str] = field(default_factory=set)
     """Paths not exported after all: the source vanished or could not be decoded."""
+    filtered: dict[str, Filtered] = field(default_factory=dict)
+    """The images the filters left out (``skipped`` of them), by source path, for the manifest."""
     reading: str | None = None
     """:func:`reading_digest` of the export (kept in the manifest)."""
 
