@@ -227,15 +227,21 @@ def write_manifest(
     filtered: Mapping[str, Filtered] | None = None,
 ) -> None:
     """Write the manifest a line at a time under a temporary name, fsync, rename."""
-    line = orjson.OPT_APPEND_NEWLINE
     head = {"version": VERSION, "options": dict(options), "reading": reading, "finished": time.time()}
-    head_line = orjson.dumps(head, option=line | orjson.OPT_NON_STR_KEYS)
-    # {"path": ..., then the entry's fields}: orjson encodes the (slotted) dataclass itself, fast
-    rows = (
-        b'{"path":' + orjson.dumps(name) + b"," + orjson.dumps(files[name], option=line)[1:] for name in sorted(files)
-    )
-    left = filtered or {}
-    left_rows = (
-        b'{"filtered":' + orjson.dumps(src) + b"," + orjson.dumps(left[src], option=line)[1:] for src in sorted(left)
-    )
-    atomic_write_lines(path, itertools.chain([head_line], rows, left_rows))
+    head_line = orjson.dumps(head, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+    lines = itertools.chain([head_line], _records(b"path", files), _records(b"filtered", filtered or {}))
+    atomic_write_lines(path, lines)
+
+
+def _records(key: bytes, records: Mapping[str, Entry] | Mapping[str, Filtered]) -> Iterator[bytes]:
+    """``{"<key>": name, then the record's fields}`` per record, in name order: orjson encodes the
+    (slotted) dataclass itself, fast."""
+    for name in sorted(records):
+        yield (
+            b'{"'
+            + key
+            + b'":'
+            + orjson.dumps(name)
+            + b","
+            + orjson.dumps(records[name], option=orjson.OPT_APPEND_NEWLINE)[1:]
+        )
