@@ -420,9 +420,9 @@ def test_an_image_deleted_after_planning_is_left_out_and_the_rest_exported(cli, 
 
     real = files.Placer.place
 
-    def vanishing(self: files.Placer, src: Path, dst: Path) -> str:
-        if src.name == "green-2.png":
-            src.unlink()  # deleted by someone else between the plan and its file
+    def vanishing(self: files.Placer, src: str | Path, dst: str | Path) -> str:
+        if Path(src).name == "green-2.png":
+            Path(src).unlink()  # deleted by someone else between the plan and its file
         return real(self, src, dst)
 
     monkeypatch.setattr(files.Placer, "place", vanishing)

@@ -608,23 +608,24 @@ def _place_one(wish: Wish, placer: Placer, manifest: Manifest, options: ExportOp
     """Place one image and write its caption: (method, size), or why it is left out."""
     from .files import transform, write_small
 
-    src, dst = wish.item.path, options.to / wish.path
+    out = f"{options.to}/"  # paths joined as text: pathlib's objects cost more than the link itself
+    src, dst = wish.item.source, out + wish.path
     try:
         if options.resize or options.strip_metadata:
             strip, most = options.strip_metadata, options.max_pixels
-            transform(src, dst, max_side=options.resize, strip_metadata=strip, max_pixels=most)
+            transform(Path(src), Path(dst), max_side=options.resize, strip_metadata=strip, max_pixels=most)
             method, size = "new", os.stat(dst).st_size
         else:
             method, size = placer.place(src, dst), wish.item.size  # a link or copy: the source's size
     except (FileNotFoundError, ImageError) as exc:
-        if isinstance(exc, FileNotFoundError) and src.exists():
+        if isinstance(exc, FileNotFoundError) and os.path.exists(src):
             raise  # the destination's folder, not the source: a real failure
         return exc
     earlier = manifest.files.get(wish.path)  # what it replaces, if anything
     if earlier is not None and earlier.caption and earlier.caption != wish.caption_path:
         _unlink(options.to / earlier.caption)
     if wish.caption_path is not None:
-        write_small(options.to / wish.caption_path, _caption_bytes(wish))
+        write_small(out + wish.caption_path, _caption_bytes(wish))
     return method, size
 
 

@@ -333,7 +333,7 @@ def _temp_path(dst: str | Path) -> str:
     return sidecar.temp_path(dst)
 
 
-def write_small(dst: Path, data: bytes) -> None:
+def write_small(dst: str | Path, data: bytes) -> None:
     """Write a small file (a caption), without an fsync of its own: where nothing is yet, in place
     (one ``write``: a new caption is there whole, or empty only if the process is killed between
     two system calls, and the journal does not list it then: the next export writes it again);
@@ -381,7 +381,7 @@ def _is_temp(name: object) -> bool:
     return base.startswith(".") and base.endswith(".tmp")
 
 
-def _with_destination(exc: OSError, dst: Path) -> OSError:
+def _with_destination(exc: OSError, dst: str | Path) -> OSError:
     """``exc`` naming ``dst`` where it named a temporary file or nothing (``write``, ``fsync``)."""
     if exc.errno is None:
         return exc
@@ -392,7 +392,7 @@ def _with_destination(exc: OSError, dst: Path) -> OSError:
     return exc  # it names the source or a folder: clear already
 
 
-def _reraise(exc: OSError, dst: Path) -> NoReturn:
+def _reraise(exc: OSError, dst: str | Path) -> NoReturn:
     """Raise ``exc``, or a copy naming ``dst`` (see :func:`_with_destination`) caused by it."""
     clearer = _with_destination(exc, dst)
     if clearer is exc:
@@ -471,7 +471,7 @@ _no_reflink: set[tuple[int, int]] = set()
 """(source device, destination folder device) pairs where a reflink failed as unsupported."""
 
 
-def _unsupported(method: str, exc: OSError, src: Path, dst: Path) -> LinkNotSupported:
+def _unsupported(method: str, exc: OSError, src: str | Path, dst: str | Path) -> LinkNotSupported:
     what = {"reflink": "reflinks (copy-on-write clones)", "hard": "hard links"}[method]
     error = LinkNotSupported(exc.errno, f"{what} are not possible from {src} to here ({exc.strerror})", str(dst))
     error.method = method
@@ -507,7 +507,7 @@ def _folder_device(dst: Path) -> int:
     return os.stat(dst.parent).st_dev
 
 
-def _link_into_place(dst: Path, make: Callable[[str | Path], None]) -> None:
+def _link_into_place(dst: str | Path, make: Callable[[str | Path], None]) -> None:
     """``make(dst)`` a link where nothing is yet (a link appears whole or not at all); else
     ``make(tmp)`` at a temporary name beside ``dst`` and rename it over ``dst``."""
     try:
@@ -515,9 +515,10 @@ def _link_into_place(dst: Path, make: Callable[[str | Path], None]) -> None:
             make(dst)
             return
         except FileNotFoundError:
-            if dst.parent.is_dir():
+            folder = os.path.dirname(dst)
+            if os.path.isdir(folder):
                 raise
-            dst.parent.mkdir(parents=True, exist_ok=True)  # its folder is not there yet
+            os.makedirs(folder, exist_ok=True)  # its folder is not there yet
             make(dst)
             return
     except FileExistsError:
@@ -546,7 +547,7 @@ def _link_into_place(dst: Path, make: Callable[[str | Path], None]) -> None:
                 os.unlink(tmp)
 
 
-def _hard_link(src: Path, dst: Path) -> None:
+def _hard_link(src: str | Path, dst: str | Path) -> None:
     def make(tmp: str | Path) -> None:
         try:
             os.link(src, tmp)
@@ -591,27 +592,30 @@ class Placer:
         """(source folder, destination folder) pairs known to be two folders."""
         self._devices: dict[str, int] = {}
 
-    def place(self, src: Path, dst: Path) -> str:
-        """See :func:`place`."""
+    def place(self, src: str | Path, dst: str | Path) -> str:
+        """See :func:`place`. Paths as text are taken as they are: no pathlib on the way of the
+        100,000 hard links of an export (its objects cost more than the link)."""
         link = self.link
-        src, dst = Path(src), Path(dst)
         folders = (os.path.dirname(src), os.path.dirname(dst))
         if folders not in self._apart:
-            _refuse_source(src, dst)
+            _refuse_source(Path(src), Path(dst))
             with contextlib.suppress(OSError):
                 if not os.path.samefile(*folders):
                     self._apart.add(folders)
         if link == "sym":
-            _source_stat(src)
-            _symlink(src, dst)
+            _source_stat(Path(src))
+            _symlink(Path(src), Path(dst))
             return "sym"
         if link in ("auto", "reflink"):
-            try:
-                _reflink(src, dst, _source_stat(src).st_dev, self._device(folders[1], dst))
-                return "reflink"
-            except LinkNotSupported:
-                if link == "reflink":
-                    raise
+            src_dev = _source_stat(Path(src)).st_dev
+            dst_dev = self._device(folders[1], Path(dst))
+            if link == "reflink" or (src_dev, dst_dev) not in _no_reflink:  # known: no exception per file
+                try:
+                    _reflink(Path(src), Path(dst), src_dev, dst_dev)
+                    return "reflink"
+                except LinkNotSupported:
+                    if link == "reflink":
+                        raise
         if link in ("auto", "hard"):
             try:
                 _hard_link(src, dst)  # no stat of the source first: 100,000 of them add up
@@ -620,9 +624,9 @@ class Placer:
                 if link == "hard":
                     raise
             except OSError:
-                _source_stat(src)  # a folder, not a file (link() says EPERM): say so
+                _source_stat(Path(src))  # a folder, not a file (link() says EPERM): say so
                 raise
-        _copy(src, dst)
+        _copy(Path(src), Path(dst))
         return "copy"
 
     def _device(self, folder: str, dst: Path) -> int:
