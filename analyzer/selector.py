@@ -196,9 +196,14 @@ def _resolved(
 ) -> Resolved | None:
     if not models:
         return None
-    chosen = MANUAL if MANUAL in models else next((m for m in preferred if m in models), None)
+    chosen = MANUAL if MANUAL in models else None
     if chosen is None:
-        chosen = models[0] if len(models) == 1 else _newest(by_model, models)
+        for model in preferred:  # a plain loop, not a generator: run for every image an export reads
+            if model in models:
+                chosen = model
+                break
+        else:
+            chosen = models[0] if len(models) == 1 else _newest(by_model, models)
     entry = by_model[chosen]
     value = entry["result"]
     for name in fields:
@@ -262,4 +267,24 @@ def template_selectors(text: str) -> list[Selector]:
 
 def render_template(text: str, values: Mapping[str, str], file_name: str) -> str:
     """Fill ``{file_name}`` and each ``{selector}`` (from ``values``, '' when absent) in one pass."""
-    return _PLACEHOLDER.sub(lambda match: file_name if match[1] else values.get(match[2], ""), text)
+    texts, keys = _pieces(text)
+    out = [texts[0]]
+    for key, after in zip(keys, texts[1:], strict=True):
+        out += (file_name if key is None else values.get(key, ""), after)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _pieces(text: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """A template cut at its placeholders, once (an export fills one template 100,000 times): the
+    texts around them (one more than they are), and each placeholder's selector text, or None for
+    ``{file_name}``."""
+    texts: list[str] = []
+    keys: list[str | None] = []
+    at = 0
+    for match in _PLACEHOLDER.finditer(text):
+        texts.append(text[at : match.start()])
+        keys.append(None if match[1] else match[2])
+        at = match.end()
+    texts.append(text[at:])
+    return tuple(texts), tuple(keys)
