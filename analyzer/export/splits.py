@@ -602,7 +602,7 @@ def assign_splits(
         if earlier is not None:
             split_of[key] = earlier
         elif exact:
-            to_deal[_group_class([classes[i] for i in items])].append(key)
+            to_deal[classes[items[0]] if len(items) == 1 else _group_class([classes[i] for i in items])].append(key)
         else:
             split_of[key] = _by_position(_position(seed, key), ratios)
     if to_deal:
@@ -630,7 +630,7 @@ def _deal_classes(
         unplaced.update(classes[i] for key in keys for i in members[key])
     out: dict[str, str] = {}
     for cls in sorted(to_deal, key=lambda c: (-unplaced[c], c)):
-        weighted = [(_position(seed, key), key, sum(classes[i] == cls for i in members[key])) for key in to_deal[cls]]
+        weighted = [(_position(seed, key), key, _weight(members[key], classes, cls)) for key in to_deal[cls]]
         arriving = sum(weight for _, _, weight in weighted)
         dealt = _deal(sorted(weighted), placed[cls], unplaced[cls] - arriving, ratios)
         for key, split in dealt.items():
@@ -639,6 +639,13 @@ def _deal_classes(
                 unplaced[classes[i]] -= 1
         out.update(dealt)
     return out
+
+
+def _weight(items: list[int], classes: Sequence[str], cls: str) -> int:
+    """How many of a group's images are of the class (most groups: one image)."""
+    if len(items) == 1:
+        return 1 if classes[items[0]] == cls else 0
+    return sum(classes[i] == cls for i in items)
 
 
 def _members(hashes: Sequence[str], groups: Sequence[str]) -> dict[str, list[int]]:
@@ -695,10 +702,12 @@ def _deal(groups: list[tuple[float, str, int]], kept: list[int], later: int, rat
     last = max(n for n, q in enumerate(quotas) if q > 0) if arriving else 0
     out: dict[str, str] = {}
     at = 0
+    n = 0  # the split of the group at ``at``: the first edge past its middle (middles only grow)
     for _, key, size in groups:
         middle = at + size / 2
-        n = next((n for n, edge in enumerate(edges) if middle < edge and quotas[n] > 0), last)
-        out[key] = SPLITS[n]
+        while n < len(edges) and not (middle < edges[n] and quotas[n] > 0):
+            n += 1
+        out[key] = SPLITS[n if n < len(edges) else last]
         at += size
     return out
 
