@@ -413,7 +413,7 @@ def _refuse_source(src: Path, dst: Path) -> None:
         raise ValueError(f"refusing to write over the source itself: {dst}")
 
 
-def _source_stat(src: Path) -> os.stat_result:
+def _source_stat(src: str | Path) -> os.stat_result:
     st = os.stat(src)
     if not stat.S_ISREG(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "not a regular file", str(src))
@@ -603,12 +603,12 @@ class Placer:
                 if not os.path.samefile(*folders):
                     self._apart.add(folders)
         if link == "sym":
-            _source_stat(Path(src))
+            _source_stat(src)
             _symlink(Path(src), Path(dst))
             return "sym"
         if link in ("auto", "reflink"):
-            src_dev = _source_stat(Path(src)).st_dev
-            dst_dev = self._device(folders[1], Path(dst))
+            src_dev = _source_stat(src).st_dev
+            dst_dev = self._device(folders[1], dst)
             if link == "reflink" or (src_dev, dst_dev) not in _no_reflink:  # known: no exception per file
                 try:
                     _reflink(Path(src), Path(dst), src_dev, dst_dev)
@@ -624,14 +624,14 @@ class Placer:
                 if link == "hard":
                     raise
             except OSError:
-                _source_stat(Path(src))  # a folder, not a file (link() says EPERM): say so
+                _source_stat(src)  # a folder, not a file (link() says EPERM): say so
                 raise
         _copy(Path(src), Path(dst))
         return "copy"
 
-    def _device(self, folder: str, dst: Path) -> int:
+    def _device(self, folder: str, dst: str | Path) -> int:
         if folder not in self._devices:
-            self._devices[folder] = _folder_device(dst)
+            self._devices[folder] = _folder_device(Path(dst))
         return self._devices[folder]
 
 
